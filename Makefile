@@ -1,0 +1,33 @@
+# Set-up and checks. `make test` and `make demo` work on a fresh machine: they create the
+# virtualenv, install torch and every dependency, and build the native op library.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
+
+.PHONY: install build test bench clean
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q numpy networkx tabulate optuna scipy "pytest>=8" "triton>=3.1"
+	touch $@
+
+# The op library (panther/_C*.so), rebuilt when a native source changes.
+$(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(VENV)/.built
+build: $(VENV)/.built
+
+test: $(VENV)/.built
+	$(PY) -m pytest -q -n 2 tests
+
+bench: $(VENV)/.built
+	$(PY) -m benchmarks.bench_linear --device cpu
+
+clean:
+	rm -rf build $(VENV) panther/_C*.so *.egg-info

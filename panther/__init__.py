@@ -1,0 +1,11 @@
+"""Panther: randomized numerical linear algebra and sketched layers for PyTorch.
+
+    import panther as pr
+    layer = pr.nn.SKLinear(1024, 1024, num_terms=1, low_rank=64)
+"""
+
+from . import ops  # loads the native op library first
+from . import nn, sketch
+
+__version__ = "0.2.0.dev0"
+__all__ = ["nn", "ops", "sketch"]

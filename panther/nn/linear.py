@@ -1,0 +1,154 @@
+"""Sketched linear layers: thin modules over torch.ops.panther.sketched_linear(_triton)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import nn
+
+from .._validation import one_of, positive_int
+from ..factors import sketch_factors, svd_factors
+from ..ops.linear import triton_available
+
+
+class SKLinear(nn.Module):
+    r"""Sketched replacement for :class:`torch.nn.Linear`.
+
+    .. math::
+        y = \frac{1}{2L}\sum_{i=1}^{L} \left(x S_{1,i} U_{1,i} + x U_{2,i} S_{2,i}\right) + b
+
+    with learned ``S1s [L, in, k]``, ``S2s [L, k, out]`` and fixed random ±1/√k sketches
+    ``U1s [L, k, out]``, ``U2s [L, in, k]`` (buffers). It runs as two GEMMs whatever L is:
+    FLOPs and bytes scale with 2Lk(in + out) instead of in·out.
+
+    Args:
+        in_features, out_features: sizes of the input and output features.
+        num_terms (L), low_rank (k): number of sketch terms and rank of each.
+        W_init: optional dense weight ``[out_features, in_features]`` to sketch from;
+            a fresh ``nn.Linear``-style (Kaiming-uniform) weight otherwise.
+        bias: learn an additive bias.
+        generator: torch.Generator for every random draw (the global RNG otherwise).
+
+    Input ``[..., in_features]``, output ``[..., out_features]``; float32, float16,
+    bfloat16 (and float64 on CPU), under autocast too.
+    """
+
+    __constants__ = ["in_features", "out_features", "num_terms", "low_rank"]
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        num_terms: int,
+        low_rank: int,
+        W_init: torch.Tensor | None = None,
+        bias: bool = True,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self.num_terms = positive_int(num_terms, "num_terms")
+        self.low_rank = positive_int(low_rank, "low_rank")
+        if W_init is not None and (not isinstance(W_init, torch.Tensor) or tuple(W_init.shape) != (out_features, in_features)):
+            got = tuple(W_init.shape) if isinstance(W_init, torch.Tensor) else type(W_init).__name__
+            raise ValueError(f"W_init must be a tensor of shape (out_features, in_features) = "
+                             f"({out_features}, {in_features}), got {got}")
+        L, k = self.num_terms, self.low_rank
+        if 2 * L * k * (in_features + out_features) > in_features * out_features:
+            warnings.warn(
+                f"SKLinear({in_features}, {out_features}, num_terms={L}, low_rank={k}) holds "
+                f"2·L·k·(in+out) = {2 * L * k * (in_features + out_features):,} sketch values (S and U), "
+                f"more than the {in_features * out_features:,} of a dense weight: it saves neither memory "
+                f"nor time. Lower num_terms or low_rank.",
+                UserWarning,
+                stacklevel=2,
+            )
+        factory = {"dtype": dtype, "device": device}
+        self.S1s = nn.Parameter(torch.empty(L, in_features, k, **factory))
+        self.S2s = nn.Parameter(torch.empty(L, k, out_features, **factory))
+        self.register_buffer("U1s", torch.empty(L, k, out_features, **factory))
+        self.register_buffer("U2s", torch.empty(L, in_features, k, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters(W_init, generator=generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, W_init: torch.Tensor | None = None, generator: torch.Generator | None = None) -> None:
+        """Draws new sketches and sets S1s, S2s from ``W_init`` (or a fresh dense weight)."""
+        if self.S1s.device.type == "meta":
+            return
+        if W_init is None:
+            W_init = torch.empty(self.out_features, self.in_features, device=self.S1s.device)
+            bound = 1.0 / math.sqrt(self.in_features)  # nn.Linear's kaiming_uniform_(a=√5)
+            W_init.uniform_(-bound, bound, generator=generator)
+        self._set_factors(sketch_factors(W_init, self.num_terms, self.low_rank, generator=generator,
+                                         dtype=self.S1s.dtype))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            self.bias.uniform_(-bound, bound, generator=generator)
+
+    def _set_factors(self, factors) -> None:
+        for name, value in zip(("S1s", "S2s", "U1s", "U2s"), factors):
+            getattr(self, name).copy_(value)
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        num_terms: int,
+        low_rank: int,
+        init: str = "sketch",
+        generator: torch.Generator | None = None,
+    ):
+        """A sketched layer approximating ``linear`` (weights and bias copied).
+
+        ``init="sketch"``: random sketches of the weight (unbiased, noisy; train after).
+        ``init="svd"``: the best rank-2·num_terms·low_rank approximation (truncated SVD),
+        for pretrained layers that must keep their outputs without training.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        one_of(init, "init", {"sketch", "svd"})
+        weight = linear.weight.detach()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the caller chose the sizes; from_linear is explicit
+            layer = cls(linear.in_features, linear.out_features, num_terms, low_rank,
+                        bias=linear.bias is not None, dtype=weight.dtype, device=weight.device,
+                        generator=generator)
+        make = sketch_factors if init == "sketch" else svd_factors
+        with torch.no_grad():
+            layer._set_factors(make(weight, layer.num_terms, layer.low_rank, generator=generator))
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.panther.sketched_linear(x, self.S1s, self.S2s, self.U1s, self.U2s, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"num_terms={self.num_terms}, low_rank={self.low_rank}, bias={self.bias is not None}")
+
+
+class SKLinear_triton(SKLinear):
+    """:class:`SKLinear` with the fused Triton forward on CUDA.
+
+    Same signature, parameters, buffers and numbers as SKLinear (a state_dict moves
+    between the two). On CUDA with 2·num_terms·low_rank ≤ 256 the forward is one fused
+    kernel; otherwise, and on other devices, it runs SKLinear's two-GEMM op.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        if not triton_available:
+            raise ImportError("SKLinear_triton needs Triton (`pip install triton`); use pr.nn.SKLinear without it.")
+        super().__init__(*args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.panther.sketched_linear_triton(x, self.S1s, self.S2s, self.U1s, self.U2s, self.bias)

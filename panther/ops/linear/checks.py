@@ -1,0 +1,85 @@
+"""Shape, dtype and device checks for the linear ops, used by the fake (meta) kernels.
+
+The C++ kernels (csrc/linear/lowrank_linear.cpp) make the same checks with the same words,
+so a bad call fails the same way in eager mode and under torch.compile / torch.export.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _fail(msg: str) -> None:
+    raise RuntimeError(msg)
+
+
+def check_dim(t: torch.Tensor, name: str, dim: int) -> None:
+    if t.dim() != dim:
+        _fail(f"{name} must be a {dim}-D tensor, got shape {list(t.shape)}")
+
+
+def check_size(t: torch.Tensor, name: str, axis: int, expected: int, what: str) -> None:
+    if t.shape[axis] != expected:
+        _fail(f"{name} has shape {list(t.shape)}: expected size {expected} ({what}) at dim {axis}")
+
+
+def check_like(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> None:
+    if t.dtype != ref.dtype:
+        _fail(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}: expected the same dtype")
+    if t.device != ref.device:
+        _fail(f"{name} is on {t.device} but {ref_name} is on {ref.device}: expected the same device")
+
+
+def check_input(x: torch.Tensor, in_features: int, source: str) -> None:
+    if not x.dtype.is_floating_point:
+        _fail(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.dim() < 1:
+        _fail("x must have at least 1 dimension (..., in_features), got a scalar")
+    if x.shape[-1] != in_features:
+        _fail(f"x has shape {list(x.shape)}: expected last dim {in_features} (in_features, from {source})")
+
+
+def check_sketched(x, S1s, S2s, U1s, U2s) -> tuple[int, int, int, int]:
+    """Returns (L, in, k, out) after checking every factor against the others."""
+    check_dim(S1s, "S1s", 3)
+    L, d_in, k = S1s.shape
+    check_input(x, d_in, "S1s [L, in, k]")
+    check_dim(S2s, "S2s", 3)
+    d_out = S2s.shape[2]
+    check_size(S2s, "S2s", 0, L, "num_terms, from S1s [L, in, k]")
+    check_size(S2s, "S2s", 1, k, "low_rank, from S1s [L, in, k]")
+    check_dim(U1s, "U1s", 3)
+    check_size(U1s, "U1s", 0, L, "num_terms")
+    check_size(U1s, "U1s", 1, k, "low_rank")
+    check_size(U1s, "U1s", 2, d_out, "out_features, from S2s [L, k, out]")
+    check_dim(U2s, "U2s", 3)
+    check_size(U2s, "U2s", 0, L, "num_terms")
+    check_size(U2s, "U2s", 1, d_in, "in_features")
+    check_size(U2s, "U2s", 2, k, "low_rank")
+    for t, name in ((S1s, "S1s"), (S2s, "S2s"), (U1s, "U1s"), (U2s, "U2s")):
+        check_like(t, name, x, "x")
+    return L, d_in, k, d_out
+
+
+def check_lowrank(x, A, B) -> None:
+    check_dim(A, "A", 2)
+    check_dim(B, "B", 2)
+    check_input(x, A.shape[0], "A [in, r]")
+    check_size(B, "B", 0, A.shape[1], "rank, from A [in, r]")
+    check_like(A, "A", x, "x")
+    check_like(B, "B", x, "x")
+
+
+def check_bias(bias, x: torch.Tensor, out_features: int) -> None:
+    if bias is None:
+        return
+    check_dim(bias, "bias", 1)
+    check_size(bias, "bias", 0, out_features, "out_features")
+    check_like(bias, "bias", x, "x")
+
+
+def check_grad(grad: torch.Tensor, x: torch.Tensor, out_features: int) -> None:
+    check_like(grad, "grad", x, "x")
+    expected = [*x.shape[:-1], out_features]
+    if list(grad.shape) != expected:
+        _fail(f"grad has shape {list(grad.shape)}: expected the output shape {expected}")

@@ -1,0 +1,93 @@
+"""Fake kernels and autograd for the C++ linear ops (csrc/linear/).
+
+torch.ops.panther.sketched_linear(x, S1s, S2s, U1s, U2s, bias=None)
+    y = 1/(2L) * sum_i (x S1_i U1_i + x U2_i S2_i) + b, computed as two GEMMs.
+    Gradients flow to x, S1s, S2s and bias; U1s and U2s are fixed sketches.
+torch.ops.panther.lowrank_linear(x, A, B, bias=None)
+    y = (x A) B + b for precomputed factors; gradients for every input.
+
+Both take x of any leading shape (..., in_features).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import checks
+
+_ops = torch.ops.panther
+
+
+def _out_like(x: torch.Tensor, out_features: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+@torch.library.register_fake("panther::sketched_linear")
+def _sketched_linear_fake(x, S1s, S2s, U1s, U2s, bias=None):
+    *_, d_out = checks.check_sketched(x, S1s, S2s, U1s, U2s)
+    checks.check_bias(bias, x, d_out)
+    return _out_like(x, d_out)
+
+
+@torch.library.register_fake("panther::sketched_linear_backward")
+def _sketched_linear_backward_fake(grad, x, S1s, S2s, U1s, U2s, output_mask):
+    *_, d_out = checks.check_sketched(x, S1s, S2s, U1s, U2s)
+    checks.check_grad(grad, x, d_out)
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None,
+        torch.empty_like(S1s, memory_format=torch.contiguous_format) if output_mask[1] else None,
+        torch.empty_like(S2s, memory_format=torch.contiguous_format) if output_mask[2] else None,
+        x.new_empty((d_out,)) if output_mask[3] else None,
+    )
+
+
+@torch.library.register_fake("panther::lowrank_linear")
+def _lowrank_linear_fake(x, A, B, bias=None):
+    checks.check_lowrank(x, A, B)
+    checks.check_bias(bias, x, B.shape[1])
+    return _out_like(x, B.shape[1])
+
+
+@torch.library.register_fake("panther::lowrank_linear_backward")
+def _lowrank_linear_backward_fake(grad, x, A, B, output_mask):
+    checks.check_lowrank(x, A, B)
+    checks.check_grad(grad, x, B.shape[1])
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None,
+        torch.empty_like(A, memory_format=torch.contiguous_format) if output_mask[1] else None,
+        torch.empty_like(B, memory_format=torch.contiguous_format) if output_mask[2] else None,
+        x.new_empty((B.shape[1],)) if output_mask[3] else None,
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    *tensors, bias = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.has_bias = bias is not None
+
+
+def _mask(ctx, *indices: int) -> list[bool]:
+    return [bool(ctx.needs_input_grad[i]) for i in indices]
+
+
+def _sketched_linear_backward(ctx, grad):
+    x, S1s, S2s, U1s, U2s = ctx.saved_tensors
+    mask = _mask(ctx, 0, 1, 2, 5)
+    mask[3] = mask[3] and ctx.has_bias
+    dx, dS1s, dS2s, dbias = _ops.sketched_linear_backward(grad, x, S1s, S2s, U1s, U2s, mask)
+    return dx, dS1s, dS2s, None, None, dbias
+
+
+def _lowrank_linear_backward(ctx, grad):
+    x, A, B = ctx.saved_tensors
+    mask = _mask(ctx, 0, 1, 2, 3)
+    mask[3] = mask[3] and ctx.has_bias
+    return _ops.lowrank_linear_backward(grad, x, A, B, mask)
+
+
+torch.library.register_autograd(
+    "panther::sketched_linear", _sketched_linear_backward, setup_context=_setup_context
+)
+torch.library.register_autograd(
+    "panther::lowrank_linear", _lowrank_linear_backward, setup_context=_setup_context
+)

@@ -1,0 +1,51 @@
+"""torch.ops.panther.sketched_linear_triton: SKLinear with the fused Triton forward on CUDA.
+
+Same math, schema and gradients as torch.ops.panther.sketched_linear. On CUDA, ranks
+2Lk <= MAX_FUSED_RANK run the fused kernel (x read once, y written once); larger ranks
+and every other device (CPU in CI) run the two-GEMM C++ op inside the same op. The backward is the C++ backward op
+(cuBLAS GEMMs) for both. Entering through torch.library.triton_op lets Inductor see
+the kernel under torch.compile.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import checks
+from .op import _setup_context, _sketched_linear_backward
+
+try:
+    import triton  # noqa: F401
+
+    triton_available = True
+except ImportError:  # CPU-only installs may lack triton; SKLinear_triton then says so.
+    triton_available = False
+
+sketched_linear_triton = None
+
+if triton_available:
+    from .triton_kernels import MAX_FUSED_RANK, fused_lowrank_forward
+
+    @torch.library.triton_op("panther::sketched_linear_triton", mutates_args=())
+    def sketched_linear_triton(
+        x: torch.Tensor,
+        S1s: torch.Tensor,
+        S2s: torch.Tensor,
+        U1s: torch.Tensor,
+        U2s: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        L, d_in, k, d_out = checks.check_sketched(x, S1s, S2s, U1s, U2s)
+        checks.check_bias(bias, x, d_out)
+        rank = 2 * L * k
+        # The body runs for every device: eagerly, and when torch.compile decomposes the
+        # op into it. Other devices and large ranks take the C++ two-GEMM op.
+        if x.device.type != "cuda" or rank > MAX_FUSED_RANK:
+            return torch.ops.panther.sketched_linear(x, S1s, S2s, U1s, U2s, bias)
+        A = torch.cat([S1s.permute(1, 0, 2), U2s.permute(1, 0, 2)], dim=1).reshape(d_in, rank)
+        B = torch.cat([U1s, S2s], dim=0).reshape(rank, d_out)
+        x2 = x.reshape(-1, d_in)
+        y = fused_lowrank_forward(x2, A, B, bias, 1.0 / (2 * L), launch=torch.library.wrap_triton)
+        return y.view(*x.shape[:-1], d_out)
+
+    sketched_linear_triton.register_autograd(_sketched_linear_backward, setup_context=_setup_context)
