@@ -12,7 +12,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q numpy networkx tabulate optuna scipy "pytest>=8" "triton>=3.1"
+	$(PY) -m pip install -q numpy networkx tabulate optuna scipy "pytest>=8" pytest-xdist "triton>=3.1"
 	touch $@
 
 # The op library (panther/_C*.so), rebuilt when a native source changes.
@@ -27,7 +27,7 @@ test: $(VENV)/.built
 	$(PY) -m pytest -q -n 2 tests
 
 bench: $(VENV)/.built
-	$(PY) -m benchmarks.bench_linear --device cpu
+	$(PY) -m benchmarks.bench_linear --device cpu --quick
 
 clean:
 	rm -rf build $(VENV) panther/_C*.so *.egg-info

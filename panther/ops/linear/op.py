@@ -60,17 +60,25 @@ def _lowrank_linear_backward_fake(grad, x, A, B, output_mask):
     )
 
 
-def _setup_context(ctx, inputs, output):
-    *tensors, bias = inputs
-    ctx.save_for_backward(*tensors)
-    ctx.has_bias = bias is not None
+def _saving(num_tensors: int):
+    """setup_context saving the first ``num_tensors`` inputs; bias (optional) comes after."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:num_tensors])
+        ctx.has_bias = len(inputs) > num_tensors and inputs[num_tensors] is not None
+
+    return setup_context
+
+
+setup_sketched = _saving(5)  # x, S1s, S2s, U1s, U2s
 
 
 def _mask(ctx, *indices: int) -> list[bool]:
-    return [bool(ctx.needs_input_grad[i]) for i in indices]
+    needs = ctx.needs_input_grad
+    return [i < len(needs) and bool(needs[i]) for i in indices]
 
 
-def _sketched_linear_backward(ctx, grad):
+def sketched_linear_backward(ctx, grad):
     x, S1s, S2s, U1s, U2s = ctx.saved_tensors
     mask = _mask(ctx, 0, 1, 2, 5)
     mask[3] = mask[3] and ctx.has_bias
@@ -85,9 +93,5 @@ def _lowrank_linear_backward(ctx, grad):
     return _ops.lowrank_linear_backward(grad, x, A, B, mask)
 
 
-torch.library.register_autograd(
-    "panther::sketched_linear", _sketched_linear_backward, setup_context=_setup_context
-)
-torch.library.register_autograd(
-    "panther::lowrank_linear", _lowrank_linear_backward, setup_context=_setup_context
-)
+torch.library.register_autograd("panther::sketched_linear", sketched_linear_backward, setup_context=setup_sketched)
+torch.library.register_autograd("panther::lowrank_linear", _lowrank_linear_backward, setup_context=_saving(3))

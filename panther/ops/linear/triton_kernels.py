@@ -37,9 +37,12 @@ def _configs():
     ]
 
 
+CONFIGS = _configs()
+
+
 # Keyed on the problem's shape with the row count bucketed to a power of two, so a new
 # batch size does not re-tune (the earlier Panther re-tuned on every batch size).
-@triton.autotune(configs=_configs(), key=["M_BUCKET", "K", "N", "BLOCK_R", "HAS_BIAS"])
+@triton.autotune(configs=CONFIGS, key=["M_BUCKET", "K", "N", "BLOCK_R", "HAS_BIAS"])
 @triton.jit
 def _fused_lowrank_kernel(
     x_ptr, a_ptr, b_ptr, bias_ptr, y_ptr,
@@ -92,11 +95,12 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def fused_lowrank_forward(x2, A, B, bias, alpha: float, launch=lambda kernel: kernel):
+def fused_lowrank_forward(x2, A, B, bias, alpha: float, launch=lambda kernel: kernel, config=None):
     """y = alpha * (x2 A) B + bias for 2-D x2 [M, K], A [K, R], B [R, N].
 
     ``launch`` wraps the kernel before launching (torch.library.wrap_triton inside a
-    triton_op, so torch.compile sees the kernel); plain launch otherwise.
+    triton_op, so torch.compile sees the kernel); plain launch otherwise. ``config`` (a
+    triton.Config from CONFIGS) bypasses autotuning, for tests of every config.
     """
     M, K = x2.shape
     R, N = B.shape
@@ -111,11 +115,15 @@ def fused_lowrank_forward(x2, A, B, bias, alpha: float, launch=lambda kernel: ke
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]),)
 
-    launch(_fused_lowrank_kernel)[grid](
+    kernel, meta = _fused_lowrank_kernel, {}
+    if config is not None:
+        kernel = _fused_lowrank_kernel.fn
+        meta = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    launch(kernel)[grid](
         x2, A, B, bias if bias is not None else y, y,
         M, K, N, R, m_bucket, alpha,
         x2.stride(0), x2.stride(1), A.stride(0), A.stride(1), B.stride(0), B.stride(1),
         y.stride(0), y.stride(1),
-        HAS_BIAS=bias is not None, BLOCK_R=block_r, DOT_PRECISION=_dot_precision(x2.dtype),
+        HAS_BIAS=bias is not None, BLOCK_R=block_r, DOT_PRECISION=_dot_precision(x2.dtype), **meta,
     )
     return y

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import checks
-from .op import _setup_context, _sketched_linear_backward
+from .op import setup_sketched, sketched_linear_backward
 
 try:
     import triton  # noqa: F401
@@ -48,4 +48,4 @@ if triton_available:
         y = fused_lowrank_forward(x2, A, B, bias, 1.0 / (2 * L), launch=torch.library.wrap_triton)
         return y.view(*x.shape[:-1], d_out)
 
-    sketched_linear_triton.register_autograd(_sketched_linear_backward, setup_context=_setup_context)
+    sketched_linear_triton.register_autograd(sketched_linear_backward, setup_context=setup_sketched)

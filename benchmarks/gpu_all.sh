@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# On a GPU machine with torch preinstalled and no network: build the CUDA op library,
+# run the test suite on the GPU, then every benchmark, writing logs and JSON to $1.
+#
+#   bash benchmarks/gpu_all.sh OUT_DIR [pytest -k expression]
+set -uo pipefail
+out=${1:?usage: benchmarks/gpu_all.sh OUT_DIR [pytest -k expression]}
+select=${2:-}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PANTHER_BUILD_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
+py=python3
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
+$py -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)' | tee -a "$out/device.txt"
+
+start=$(date +%s)
+$py setup.py build_ext --inplace > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"
+
+status=0
+$py -m pytest -q -x -p no:cacheprovider tests ${select:+-k "$select"} 2>&1 | tee "$out/gpu_tests.log" | tail -25
+status=${PIPESTATUS[0]}
+
+for bench in benchmarks/bench_*.py; do
+  name=$(basename "$bench" .py)
+  echo "== $name"
+  $py -m "benchmarks.$name" --device cuda --out "$out" > "$out/$name.log" 2>&1 || { echo "$name failed"; tail -20 "$out/$name.log"; status=1; }
+  grep -v '^$' "$out/$name.log" | head -60
+done
+exit $status

@@ -1,0 +1,271 @@
+"""pr.nn.SKLinear and pr.nn.SKLinear_triton: construction, init, training paths, compile, export."""
+
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import panther as pr
+from panther.ops.linear import sketched_linear_reference
+
+from .conftest import DEVICES
+
+LAYERS = [pr.nn.SKLinear, pr.nn.SKLinear_triton]
+
+
+def quiet(cls, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(*args, **kwargs)
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_parameters_buffers_and_repr(cls):
+    layer = cls(64, 48, num_terms=3, low_rank=4)
+    assert dict((n, tuple(p.shape)) for n, p in layer.named_parameters()) == {
+        "S1s": (3, 64, 4), "S2s": (3, 4, 48), "bias": (48,)}
+    assert dict((n, tuple(b.shape)) for n, b in layer.named_buffers()) == {"U1s": (3, 4, 48), "U2s": (3, 64, 4)}
+    # U entries are ±1/√k, as in the earlier Panther, for both layer classes.
+    for u in (layer.U1s, layer.U2s):
+        assert torch.allclose(u.abs(), torch.full_like(u, 0.5))
+    assert "in_features=64, out_features=48, num_terms=3, low_rank=4, bias=True" in repr(layer)
+    assert cls(64, 48, 1, 4, bias=False).bias is None
+
+
+def test_sketch_init_from_weight_is_exact_formula():
+    W = torch.randn(20, 30, dtype=torch.float64)
+    layer = quiet(pr.nn.SKLinear, 30, 20, 2, 5, W_init=W, dtype=torch.float64)
+    for i in range(2):
+        torch.testing.assert_close(layer.S1s[i], W.T @ layer.U1s[i].T)
+        torch.testing.assert_close(layer.S2s[i], layer.U2s[i].T @ W.T)
+
+
+def test_sketch_init_is_unbiased_with_the_predicted_noise():
+    d, L, k = 64, 1, 8
+    W = torch.randn(d, d, dtype=torch.float64) / d**0.5
+    x = torch.randn(16, d, dtype=torch.float64)
+    dense = x @ W.T
+    g = torch.Generator().manual_seed(1)
+    outs = torch.stack([
+        quiet(pr.nn.SKLinear, d, d, L, k, W_init=W, bias=False, dtype=torch.float64, generator=g)(x).detach()
+        for _ in range(300)])
+    single = ((outs - dense).norm(dim=(1, 2)) / dense.norm()).mean().item()
+    predicted = (d / (2 * L * k)) ** 0.5  # DESIGN.md: relative error ≈ √(d/(2Lk))
+    assert predicted / 2 < single < predicted * 2
+    mean_err = ((outs.mean(0) - dense).norm() / dense.norm()).item()
+    assert mean_err < 3 * single / 300**0.5  # averaging 300 independent draws shrinks the error ~√300×
+
+
+def test_svd_init_is_the_best_rank_2lk_approximation():
+    lin = nn.Linear(40, 30, dtype=torch.float64)
+    layer = pr.nn.SKLinear.from_linear(lin, num_terms=2, low_rank=3, init="svd")
+    U, s, Vh = torch.linalg.svd(lin.weight.detach())
+    W12 = (U[:, :12] * s[:12]) @ Vh[:12]
+    x = torch.randn(7, 40, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ W12.T + lin.bias, rtol=1e-10, atol=1e-10)
+    # entries of the U's keep the sign sketches' magnitude (~1/√k) for training
+    assert 0.2 < layer.U1s.abs().mean().item() * 3**0.5 < 2
+
+
+def test_svd_init_is_exact_when_rank_covers_the_weight():
+    lin = nn.Linear(12, 8, dtype=torch.float64)
+    layer = pr.nn.SKLinear.from_linear(lin, num_terms=1, low_rank=6, init="svd")
+    x = torch.randn(5, 12, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), lin(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("init", ["sketch", "svd"])
+def test_from_linear_copies_bias_dtype_device(init):
+    lin = nn.Linear(32, 16, bias=True)
+    layer = pr.nn.SKLinear.from_linear(lin, 1, 4, init=init)
+    assert layer.S1s.dtype == lin.weight.dtype and layer.S1s.device == lin.weight.device
+    torch.testing.assert_close(layer.bias, lin.bias)
+    assert pr.nn.SKLinear.from_linear(nn.Linear(32, 16, bias=False), 1, 4, init=init).bias is None
+
+
+def test_seeding_generator_and_global_rng():
+    torch.manual_seed(3)
+    a = pr.nn.SKLinear(32, 32, 1, 4)
+    torch.manual_seed(3)
+    b = pr.nn.SKLinear(32, 32, 1, 4)
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), n
+    # a generator makes the layer independent of, and invisible to, the global RNG
+    state = torch.random.get_rng_state()
+    c = pr.nn.SKLinear(32, 32, 1, 4, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    d = pr.nn.SKLinear(32, 32, 1, 4, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(c.U1s, d.U1s) and torch.equal(c.S1s, d.S1s)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_dict_moves_between_sklinear_and_triton(device):
+    a = pr.nn.SKLinear(32, 24, 2, 4, device=device)
+    b = pr.nn.SKLinear_triton(32, 24, 2, 4, device=device)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(5, 32, device=device)
+    torch.testing.assert_close(a(x), b(x))
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    c = pr.nn.SKLinear(32, 24, 2, 4, device=device)
+    c.load_state_dict(torch.load(buf))
+    torch.testing.assert_close(c(x), a(x))
+
+
+def test_parameter_count_warning():
+    with pytest.warns(UserWarning, match="more than the 1,024 of a dense weight"):
+        pr.nn.SKLinear(32, 32, num_terms=2, low_rank=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pr.nn.SKLinear(1024, 512, num_terms=1, low_rank=32)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,words",
+    [
+        (dict(num_terms=0), ValueError, "num_terms must be a positive int"),
+        (dict(low_rank=-1), ValueError, "low_rank must be a positive int"),
+        (dict(low_rank=2.5), TypeError, "low_rank must be a positive int"),
+        (dict(in_features="8"), TypeError, "in_features"),
+        (dict(W_init=torch.randn(8, 8)), ValueError, "W_init must be a tensor of shape"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, exc, words):
+    args = dict(in_features=16, out_features=8, num_terms=1, low_rank=2) | kwargs
+    with pytest.raises(exc, match=words):
+        pr.nn.SKLinear(**args)
+
+
+def test_from_linear_bad_arguments():
+    with pytest.raises(TypeError, match="torch.nn.Linear"):
+        pr.nn.SKLinear.from_linear(nn.Conv2d(3, 3, 3), 1, 2)
+    with pytest.raises(ValueError, match="init must be one of"):
+        pr.nn.SKLinear.from_linear(nn.Linear(8, 8), 1, 2, init="qr")
+
+
+def test_forward_bad_input_names_x():
+    layer = pr.nn.SKLinear(16, 8, 1, 2)
+    with pytest.raises(RuntimeError, match="x has shape .* expected last dim 16"):
+        layer(torch.randn(4, 15))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_fullgraph_forward_backward_equals_eager(device, cls, dynamic):
+    torch.manual_seed(0)
+    eager = quiet(cls, 48, 40, 2, 6, device=device)
+    compiled = quiet(cls, 48, 40, 2, 6, device=device)
+    compiled.load_state_dict(eager.state_dict())
+    fn = torch.compile(compiled, fullgraph=True, dynamic=dynamic)
+    for rows in (5, 9):  # a second size exercises dynamic shapes / recompiles
+        x = torch.randn(2, rows, 48, device=device)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y1, y2 = eager(x1), fn(x2)
+        torch.testing.assert_close(y2, y1)
+        y1.square().sum().backward()
+        y2.square().sum().backward()
+        torch.testing.assert_close(x2.grad, x1.grad)
+        for p, q in zip(compiled.parameters(), eager.parameters()):
+            torch.testing.assert_close(p.grad, q.grad)
+        eager.zero_grad()
+        compiled.zero_grad()
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_export_save_load_round_trip(cls, tmp_path):
+    model = nn.Sequential(cls(32, 64, 1, 8), nn.GELU(), cls(64, 16, 1, 4, bias=False))
+    x = torch.randn(3, 32)
+    batch = torch.export.Dim("batch")
+    ep = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert any("panther.sketched_linear" in t for t in targets), targets
+    path = tmp_path / "model.pt2"
+    torch.export.save(ep, path)
+    loaded = torch.export.load(path)
+    x2 = torch.randn(7, 32)
+    torch.testing.assert_close(loaded.module()(x2), model(x2))
+
+
+def test_autocast_layer_trains_in_bfloat16():
+    layer = pr.nn.SKLinear(32, 16, 1, 4)
+    x = torch.randn(8, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert layer.S1s.grad.dtype == torch.float32  # grads reach the float32 parameters
+
+
+def test_meta_device_construction_and_to_empty():
+    layer = pr.nn.SKLinear(4096, 4096, 1, 16, device="meta")
+    assert layer.S1s.is_meta
+    layer = layer.to_empty(device="cpu")
+    layer.reset_parameters()
+    assert torch.isfinite(layer.S1s).all()
+
+
+def test_float64_reference_for_a_trained_step():
+    """One SGD step through the layer equals the step computed from the reference formula."""
+    torch.manual_seed(0)
+    layer = pr.nn.SKLinear(24, 12, 2, 3, dtype=torch.float64)
+    ref = {n: p.detach().clone().requires_grad_() for n, p in layer.named_parameters()}
+    x, t = torch.randn(10, 24, dtype=torch.float64), torch.randn(10, 12, dtype=torch.float64)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    ((layer(x) - t) ** 2).mean().backward()
+    opt.step()
+    y = sketched_linear_reference(x, ref["S1s"], ref["S2s"], layer.U1s, layer.U2s, ref["bias"])
+    ((y - t) ** 2).mean().backward()
+    for n, p in layer.named_parameters():
+        torch.testing.assert_close(p, ref[n] - 0.1 * ref[n].grad)
+
+
+def _ddp_worker(rank, world, port, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(rank)  # different seeds per rank: DDP must broadcast rank 0's state
+    layer = pr.nn.SKLinear(16, 8, 1, 4)
+    model = nn.parallel.DistributedDataParallel(layer)
+    x = torch.randn(6, 16, generator=torch.Generator().manual_seed(100 + rank))
+    model(x).square().sum().backward()
+    results[rank] = {k: v.clone() for k, v in layer.state_dict().items()} | {"grad": layer.S1s.grad.clone(), "x": x}
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_share_sketches_and_average_gradients():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
+    r0, r1 = results[0], results[1]
+    for key in ("U1s", "U2s", "S1s", "S2s", "bias"):
+        assert torch.equal(r0[key], r1[key]), key
+    single = pr.nn.SKLinear(16, 8, 1, 4)
+    single.load_state_dict({k: r0[k] for k in ("S1s", "S2s", "U1s", "U2s", "bias")})
+    single(torch.cat([r0["x"], r1["x"]])).square().sum().backward()
+    torch.testing.assert_close(r0["grad"], single.S1s.grad / 2)  # DDP averages over 2 ranks
+    torch.testing.assert_close(r1["grad"], r0["grad"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_layers_match_cpu_float64(dtype):
+    torch.manual_seed(0)
+    cpu = pr.nn.SKLinear(256, 128, 2, 16, dtype=torch.float64)
+    x = torch.randn(4, 33, 256, dtype=torch.float64)
+    ref = cpu(x)
+    for cls in LAYERS:
+        gpu = cls(256, 128, 2, 16, device="cuda", dtype=dtype)
+        gpu.load_state_dict({k: v.to(dtype) for k, v in cpu.state_dict().items()})
+        y = gpu(x.to("cuda", dtype))
+        tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
+        assert ((y.double().cpu() - ref).norm() / ref.norm()).item() < tol
