@@ -29,7 +29,7 @@ def _configs():
             (32, 256, 128, 4, 3),
             (64, 128, 128, 4, 4),
             (64, 128, 128, 8, 3),
-            (64, 64, 256, 8, 4),
+            (64, 64, 256, 8, 3),
             (128, 64, 128, 8, 3),
             (16, 256, 128, 4, 4),
             (32, 64, 64, 4, 5),
@@ -38,11 +38,39 @@ def _configs():
 
 
 CONFIGS = _configs()
+_SHARED_MEMORY_BUDGET = 160 * 1024  # bytes; Hopper has 227 KiB per block, leave headroom
+
+
+def _fits_in_shared_memory(config, element_size: int, block_r: int) -> bool:
+    """Pipelined x/A tiles and B tiles must fit; larger ranks need smaller tiles."""
+    m, k, n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_K"], config.kwargs["BLOCK_N"]
+    stages = max(config.num_stages, 1)
+    return stages * (m * k + k * block_r + block_r * n) * element_size <= _SHARED_MEMORY_BUDGET
+
+
+def _block_r(rank: int) -> int:
+    return max(16, triton.next_power_of_2(rank))
+
+
+def fused_supported(rank: int, dtype: torch.dtype) -> bool:
+    """Whether some config of the fused kernel fits this rank and dtype."""
+    element_size = torch.empty((), dtype=dtype).element_size()
+    return rank <= MAX_FUSED_RANK and any(_fits_in_shared_memory(c, element_size, _block_r(rank)) for c in CONFIGS)
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    block_r = kwargs.get("BLOCK_R", named_args.get("BLOCK_R"))
+    element_size = named_args["x_ptr"].element_size()
+    return [c for c in configs if _fits_in_shared_memory(c, element_size, block_r)]
 
 
 # Keyed on the problem's shape with the row count bucketed to a power of two, so a new
 # batch size does not re-tune (the earlier Panther re-tuned on every batch size).
-@triton.autotune(configs=CONFIGS, key=["M_BUCKET", "K", "N", "BLOCK_R", "HAS_BIAS"])
+@triton.autotune(
+    configs=CONFIGS,
+    key=["M_BUCKET", "K", "N", "BLOCK_R", "HAS_BIAS"],
+    prune_configs_by={"early_config_prune": _prune_configs},
+)
 @triton.jit
 def _fused_lowrank_kernel(
     x_ptr, a_ptr, b_ptr, bias_ptr, y_ptr,
@@ -104,12 +132,13 @@ def fused_lowrank_forward(x2, A, B, bias, alpha: float, launch=lambda kernel: ke
     """
     M, K = x2.shape
     R, N = B.shape
-    if R > MAX_FUSED_RANK:
-        raise ValueError(f"fused_lowrank_forward: rank {R} exceeds MAX_FUSED_RANK={MAX_FUSED_RANK}")
+    if not fused_supported(R, x2.dtype):
+        raise ValueError(f"fused_lowrank_forward: rank {R} in {x2.dtype} does not fit the fused kernel "
+                         f"(MAX_FUSED_RANK={MAX_FUSED_RANK}); use torch.ops.panther.lowrank_linear")
     y = x2.new_empty((M, N))
     if M == 0:
         return y
-    block_r = max(16, triton.next_power_of_2(R))
+    block_r = _block_r(R)
     m_bucket = triton.next_power_of_2(max(M, 1))
 
     def grid(meta):

@@ -1,8 +1,9 @@
 """torch.ops.panther.sketched_linear_triton: SKLinear with the fused Triton forward on CUDA.
 
 Same math, schema and gradients as torch.ops.panther.sketched_linear. On CUDA, ranks
-2Lk <= MAX_FUSED_RANK run the fused kernel (x read once, y written once); larger ranks
-and every other device (CPU in CI) run the two-GEMM C++ op inside the same op. The backward is the C++ backward op
+2Lk <= MAX_FUSED_RANK whose tiles fit in shared memory run the fused kernel (x read
+once, y written once); larger ranks and every other device (CPU in CI) run the
+two-GEMM C++ op inside the same op. The backward is the C++ backward op
 (cuBLAS GEMMs) for both. Entering through torch.library.triton_op lets Inductor see
 the kernel under torch.compile.
 """
@@ -24,7 +25,7 @@ except ImportError:  # CPU-only installs may lack triton; SKLinear_triton then s
 sketched_linear_triton = None
 
 if triton_available:
-    from .triton_kernels import MAX_FUSED_RANK, fused_lowrank_forward
+    from .triton_kernels import fused_lowrank_forward, fused_supported
 
     @torch.library.triton_op("panther::sketched_linear_triton", mutates_args=())
     def sketched_linear_triton(
@@ -40,7 +41,7 @@ if triton_available:
         rank = 2 * L * k
         # The body runs for every device: eagerly, and when torch.compile decomposes the
         # op into it. Other devices and large ranks take the C++ two-GEMM op.
-        if x.device.type != "cuda" or rank > MAX_FUSED_RANK:
+        if x.device.type != "cuda" or not fused_supported(rank, x.dtype):
             return torch.ops.panther.sketched_linear(x, S1s, S2s, U1s, U2s, bias)
         A = torch.cat([S1s.permute(1, 0, 2), U2s.permute(1, 0, 2)], dim=1).reshape(d_in, rank)
         B = torch.cat([U1s, S2s], dim=0).reshape(rank, d_out)
