@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PANTHER_BUILD_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
 py=python3
+# Build with the compiler torch was built with (the system g++). On the lent H100/H200
+# machines the first g++ that Python's build config links with (/opt/gcc) produces
+# libraries whose C++ exceptions crash the process instead of raising RuntimeError.
+if [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
 $py -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)' | tee -a "$out/device.txt"

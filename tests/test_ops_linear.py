@@ -179,28 +179,38 @@ def test_lowrank_bad_inputs():
         ops.lowrank_linear(x, torch.randn(10, 4), torch.randn(3, 5))
 
 
+def strided_factors(d_in, d_out, L, k, dtype, device):
+    """Factors as non-contiguous views, to check that the kernels follow strides."""
+    S1s, S2s, U1s, U2s, b = factors(d_in, d_out, L, k, dtype, device)
+    S1s = S1s.transpose(1, 2).contiguous().transpose(1, 2)  # [L, in, k] with in-major strides
+    U1s = U1s.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+    return S1s, S2s, U1s, U2s, b
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("M,K,N,R", [(37, 70, 45, 24), (1, 130, 7, 200), (16, 32, 32, 16), (50, 16, 300, 3)])
+@pytest.mark.parametrize("shape", [(37, 70, 45, 2, 5), (1, 130, 7, 3, 16), (50, 16, 300, 1, 3), (64, 600, 33, 1, 64)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_triton_kernel_matches_reference(dtype, M, K, N, R, bias):
-    """Runs the Triton kernel itself: on the GPU, or in Triton's interpreter on CPU."""
-    from panther.ops.linear.triton_kernels import fused_lowrank_forward
+def test_triton_kernels_match_reference(dtype, shape, bias):
+    """Runs the Triton kernels themselves: on the GPU, or in Triton's interpreter on CPU."""
+    from panther.ops.linear.triton_kernels import sketched_forward
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    x, A = torch.randn(M, K, device=device, dtype=dtype), torch.randn(K, R, device=device, dtype=dtype) / K**0.5
-    B, b = torch.randn(R, N, device=device, dtype=dtype) / R**0.5, torch.randn(N, device=device, dtype=dtype)
-    y = fused_lowrank_forward(x, A, B, b if bias else None, 0.25)
-    ref = lowrank_linear_reference(x.double(), A.double() * 0.25, B.double(), b.double() if bias else None)
-    assert y.shape == (M, N) and y.dtype == dtype
+    M, d_in, d_out, L, k = shape
+    S1s, S2s, U1s, U2s, b = strided_factors(d_in, d_out, L, k, dtype, device)
+    b = b if bias else None
+    x = torch.randn(M, d_in, device=device, dtype=dtype)
+    y = sketched_forward(x, S1s, S2s, U1s, U2s, b)
+    ref = sketched_linear_reference(*(t.double() if t is not None else None for t in (x, S1s, S2s, U1s, U2s, b)))
+    assert y.shape == (M, d_out) and y.dtype == dtype
     assert rel_err(y, ref) < TOL[dtype]
 
 
-def test_fused_triton_kernel_rejects_large_rank():
-    from panther.ops.linear.triton_kernels import MAX_FUSED_RANK, fused_lowrank_forward
+def test_triton_kernels_reject_large_rank():
+    from panther.ops.linear.triton_kernels import MAX_RANK, sketched_forward
 
-    with pytest.raises(ValueError, match="MAX_FUSED_RANK"):
-        fused_lowrank_forward(torch.randn(2, 4), torch.randn(4, MAX_FUSED_RANK + 1),
-                              torch.randn(MAX_FUSED_RANK + 1, 3), None, 1.0)
+    S1s, S2s, U1s, U2s, b = factors(8, 8, 1, MAX_RANK // 2 + 1)
+    with pytest.raises(ValueError, match="does not fit the Triton kernels"):
+        sketched_forward(torch.randn(2, 8), S1s, S2s, U1s, U2s, b)
 
 
 @pytest.mark.gpu
@@ -220,16 +230,17 @@ def test_cuda_triton_and_cublas_paths_agree(dtype, shape):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_every_triton_config_is_correct_on_awkward_shapes(dtype):
-    """Each autotune config on sizes that are not multiples of any block size."""
-    from panther.ops.linear.triton_kernels import CONFIGS, _fits_in_shared_memory, fused_lowrank_forward
+    """Each autotune config of both kernels on sizes that are not multiples of any block size."""
+    from panther.ops.linear import triton_kernels as tk
 
+    S1s, S2s, U1s, U2s, b = strided_factors(777, 523, 2, 20, dtype, "cuda")
     x = torch.randn(301, 777, device="cuda", dtype=dtype)
-    A = torch.randn(777, 40, device="cuda", dtype=dtype) / 777**0.5
-    B = torch.randn(40, 523, device="cuda", dtype=dtype) / 40**0.5
-    b = torch.randn(523, device="cuda", dtype=dtype)
-    ref = lowrank_linear_reference(x.double(), A.double() / 3, B.double(), b.double())
-    fitting = [c for c in CONFIGS if _fits_in_shared_memory(c, x.element_size(), 64)]
-    assert fitting
-    for config in fitting:
-        y = fused_lowrank_forward(x, A, B, b, 1 / 3, config=config)
-        assert rel_err(y, ref) < TOL[dtype], config
+    ref = sketched_linear_reference(*(t.double() for t in (x, S1s, S2s, U1s, U2s, b)))
+    size, br = x.element_size(), tk.block_r(40)
+    project = [c for c in tk.PROJECT_CONFIGS if tk.project_smem(c, size, br) <= tk._SHARED_MEMORY_BUDGET]
+    expand = [c for c in tk.EXPAND_CONFIGS if tk.expand_smem(c, size, br) <= tk._SHARED_MEMORY_BUDGET]
+    assert project and expand
+    pairs = [(p, expand[0]) for p in project] + [(project[0], e) for e in expand]
+    for pair in pairs:
+        y = tk.sketched_forward(x, S1s, S2s, U1s, U2s, b, configs=pair)
+        assert rel_err(y, ref) < TOL[dtype], pair

@@ -76,11 +76,13 @@ at::Tensor stack_left(const at::Tensor& S1s, const at::Tensor& U2s) {
   return at::cat({S1s.permute({1, 0, 2}), U2s.permute({1, 0, 2})}, 1).reshape({in, -1});
 }
 
-// B = [U1_1; ..; U1_L; S2_1; ..; S2_L] / (2L) as one [2Lk, out] matrix.
+// B = [U1_1; ..; U1_L; S2_1; ..; S2_L] as one [2Lk, out] matrix; the 1/(2L) is applied
+// by the GEMM (alpha) or to the small [M, 2Lk] intermediate, never to a big tensor.
 at::Tensor stack_right(const at::Tensor& U1s, const at::Tensor& S2s) {
-  const int64_t L = U1s.size(0), out = U1s.size(2);
-  return at::cat({U1s, S2s}, 0).reshape({-1, out}).mul_(1.0 / (2.0 * static_cast<double>(L)));
+  return at::cat({U1s, S2s}, 0).reshape({-1, U1s.size(2)});
 }
+
+double term_scale(int64_t L) { return 1.0 / (2.0 * static_cast<double>(L)); }
 
 std::vector<int64_t> out_shape(const at::Tensor& x, int64_t out) {
   auto shape = x.sizes().vec();
@@ -88,20 +90,21 @@ std::vector<int64_t> out_shape(const at::Tensor& x, int64_t out) {
   return shape;
 }
 
-// y = (x A) B + b, with x of any leading shape.
+// y = alpha (x A) B + b, with x of any leading shape.
 at::Tensor two_gemm(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
-                    const std::optional<at::Tensor>& bias) {
+                    const std::optional<at::Tensor>& bias, double alpha) {
   const auto x2 = x.reshape({-1, x.size(-1)});
-  const auto h = at::mm(x2, A);
-  const auto y = bias.has_value() ? at::addmm(*bias, h, B) : at::mm(h, B);
-  return y.view(out_shape(x, B.size(1)));
+  auto h = at::mm(x2, A);
+  if (bias.has_value()) return at::addmm(*bias, h, B, 1.0, alpha).view(out_shape(x, B.size(1)));
+  if (alpha != 1.0) h.mul_(alpha);
+  return at::mm(h, B).view(out_shape(x, B.size(1)));
 }
 
 at::Tensor lowrank_linear(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                           const std::optional<at::Tensor>& bias) {
   check_lowrank(x, A, B);
   check_bias(bias, x, B.size(1));
-  return two_gemm(x, A, B, bias);
+  return two_gemm(x, A, B, bias, 1.0);
 }
 
 at::Tensor sketched_linear(const at::Tensor& x, const at::Tensor& S1s, const at::Tensor& S2s,
@@ -109,7 +112,7 @@ at::Tensor sketched_linear(const at::Tensor& x, const at::Tensor& S1s, const at:
                            const std::optional<at::Tensor>& bias) {
   const auto s = check_sketched(x, S1s, S2s, U1s, U2s);
   check_bias(bias, x, s.out);
-  return two_gemm(x, stack_left(S1s, U2s), stack_right(U1s, S2s), bias);
+  return two_gemm(x, stack_left(S1s, U2s), stack_right(U1s, S2s), bias, term_scale(s.L));
 }
 
 at::Tensor bias_grad(const at::Tensor& g2) { return g2.sum(0); }
@@ -146,7 +149,7 @@ Grads lowrank_linear_backward(
 }
 
 // Gradients of sketched_linear for x, S1s, S2s and bias (U1s, U2s are fixed).
-//   g' = g/(2L);  dS1_i = x^T (g' U1_i^T);  dS2_i = (x U2_i)^T g';  dx = g' B^T A^T (2L-scaled B)
+//   g' = g/(2L);  dS1_i = x^T (g' U1_i^T);  dS2_i = (x U2_i)^T g';  dx = (g' B^T) A^T
 Grads sketched_linear_backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& S1s, const at::Tensor& S2s,
     const at::Tensor& U1s, const at::Tensor& U2s, std::array<bool, 4> mask) {
@@ -158,22 +161,23 @@ Grads sketched_linear_backward(
   const int64_t Lk = s.L * s.k;
   const auto x2 = x.reshape({-1, s.in});
   const auto g2 = grad.reshape({-1, s.out});
-  const auto B = stack_right(U1s, S2s);  // [2Lk, out], already divided by 2L
+  const double alpha = term_scale(s.L);
+  const auto B = stack_right(U1s, S2s);  // [2Lk, out]
   at::Tensor dx, dS1, dS2, db;
   if (mask[0]) {
-    const auto gh = at::mm(g2, B.t());  // [M, 2Lk]
+    const auto gh = at::mm(g2, B.t()).mul_(alpha);  // [M, 2Lk]
     dx = at::mm(gh, stack_left(S1s, U2s).t()).view(x.sizes());
     if (mask[1]) {
       dS1 = at::mm(x2.t(), gh.narrow(1, 0, Lk)).view({s.in, s.L, s.k}).permute({1, 0, 2}).contiguous();
     }
   } else if (mask[1]) {
-    const auto gh1 = at::mm(g2, B.narrow(0, 0, Lk).t());  // [M, Lk]
+    const auto gh1 = at::mm(g2, B.narrow(0, 0, Lk).t()).mul_(alpha);  // [M, Lk]
     dS1 = at::mm(x2.t(), gh1).view({s.in, s.L, s.k}).permute({1, 0, 2}).contiguous();
   }
   if (mask[2]) {
     // (x U2)^T g / (2L): scale the small [M, Lk] product, not the [Lk, out] result.
     const auto u2 = U2s.permute({1, 0, 2}).reshape({s.in, Lk});
-    const auto h2 = at::mm(x2, u2).mul_(1.0 / (2.0 * static_cast<double>(s.L)));
+    const auto h2 = at::mm(x2, u2).mul_(alpha);
     dS2 = at::mm(h2.t(), g2).view({s.L, s.k, s.out});
   }
   if (mask[3]) db = bias_grad(g2);

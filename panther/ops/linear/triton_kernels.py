@@ -1,120 +1,163 @@
-"""Fused Triton kernel for y = alpha * (x A) B + b with a small rank r = A.shape[1].
+"""Triton kernels for y = alpha * (x [P | Q]) [U; V] + b, the two-GEMM form of SKLinear.
 
-One program owns BLOCK_M rows of x: it streams x once to form h = x A (BLOCK_M x r, kept
-in registers), then writes y = alpha * h B + b tile by tile. x is read once and y written
-once, which is the memory floor of the layer; A and B are small and stay in L2.
-Accumulation is float32 whatever the input dtype; h is rounded to the input dtype before
-the second product, as in the two-GEMM path, so both paths agree to rounding.
+SKLinear is y = alpha * (x A) B + b with A = [S1_1..S1_L  U2_1..U2_L] and
+B = [U1_1; ..; U1_L; S2_1; ..; S2_L]. Both kernels read the factors in place through
+(term, row, column) strides, so no concatenated copy of A or B is ever made.
+
+* ``_project_kernel`` (h = x A): grid (row blocks, SPLIT). Each program reduces one
+  slice of the in_features axis and stores a float32 partial [SPLIT, M, R]; splitting
+  the long reduction keeps every SM streaming x even when M is small, and keeping the
+  partials (instead of atomics) makes the result deterministic.
+* ``_expand_kernel`` (y = alpha * h B + b): grid (row blocks, column groups). Each
+  program sums its rows' partials once, rounds h to the input dtype (as a cuBLAS
+  two-GEMM would), then writes several output tiles with bias and scale fused.
+
+x is read once and y written once; the partials are M x 2Lk floats, small beside them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-# Largest rank the fused kernel keeps in registers; larger ranks use the two-GEMM op.
-MAX_FUSED_RANK = 256
+# Largest total rank 2Lk the kernels keep in registers; larger ranks use the C++ op.
+MAX_RANK = 256
+_SHARED_MEMORY_BUDGET = 160 * 1024  # bytes; Hopper allows 227 KiB per block, leave headroom
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _configs():
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_K": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+def _project_configs():
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bk, bn, w, s in (
-            (32, 128, 128, 4, 4),
-            (32, 256, 128, 4, 3),
-            (64, 128, 128, 4, 4),
-            (64, 128, 128, 8, 3),
-            (64, 64, 256, 8, 3),
-            (128, 64, 128, 8, 3),
-            (16, 256, 128, 4, 4),
-            (32, 64, 64, 4, 5),
-        )
+        triton.Config({"BLOCK_M": bm, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bm, bk, w, s in ((64, 128, 4, 4), (64, 256, 8, 3), (32, 128, 4, 4), (32, 256, 4, 3),
+                             (128, 128, 8, 3), (16, 256, 4, 4), (64, 64, 4, 2))
     ]
 
 
-CONFIGS = _configs()
-_SHARED_MEMORY_BUDGET = 160 * 1024  # bytes; Hopper has 227 KiB per block, leave headroom
+def _expand_configs():
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "N_TILES": 2}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "N_TILES": t}, num_warps=w, num_stages=s)
+        for bm, bn, t, w, s in ((64, 128, 4, 4, 2), (128, 128, 2, 8, 2), (64, 256, 2, 8, 2),
+                                (32, 128, 8, 4, 2), (128, 64, 4, 4, 2), (16, 128, 8, 4, 2))
+    ]
 
 
-def _fits_in_shared_memory(config, element_size: int, block_r: int) -> bool:
-    """Pipelined x/A tiles and B tiles must fit; larger ranks need smaller tiles."""
-    m, k, n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_K"], config.kwargs["BLOCK_N"]
-    stages = max(config.num_stages, 1)
-    return stages * (m * k + k * block_r + block_r * n) * element_size <= _SHARED_MEMORY_BUDGET
+PROJECT_CONFIGS = _project_configs()
+EXPAND_CONFIGS = _expand_configs()
 
 
-def _block_r(rank: int) -> int:
-    return max(16, triton.next_power_of_2(rank))
+def project_smem(config, element_size: int, block_r: int) -> int:
+    m, k = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_K"]
+    return max(config.num_stages, 1) * (m * k + k * block_r) * element_size
 
 
-def fused_supported(rank: int, dtype: torch.dtype) -> bool:
-    """Whether some config of the fused kernel fits this rank and dtype."""
-    element_size = torch.empty((), dtype=dtype).element_size()
-    return rank <= MAX_FUSED_RANK and any(_fits_in_shared_memory(c, element_size, _block_r(rank)) for c in CONFIGS)
+def expand_smem(config, element_size: int, block_r: int) -> int:
+    n = config.kwargs["BLOCK_N"]
+    return max(config.num_stages, 1) * block_r * n * element_size
 
 
-def _prune_configs(configs, named_args, **kwargs):
-    block_r = kwargs.get("BLOCK_R", named_args.get("BLOCK_R"))
-    element_size = named_args["x_ptr"].element_size()
-    return [c for c in configs if _fits_in_shared_memory(c, element_size, block_r)]
+def _prune(smem):
+    def prune(configs, named_args, **kwargs):
+        block_r = kwargs.get("BLOCK_R", named_args.get("BLOCK_R"))
+        element_size = kwargs.get("ELEMENT_SIZE", named_args.get("ELEMENT_SIZE"))
+        return [c for c in configs if smem(c, element_size, block_r) <= _SHARED_MEMORY_BUDGET]
+
+    return prune
 
 
-# Keyed on the problem's shape with the row count bucketed to a power of two, so a new
-# batch size does not re-tune (the earlier Panther re-tuned on every batch size).
-@triton.autotune(
-    configs=CONFIGS,
-    key=["M_BUCKET", "K", "N", "BLOCK_R", "HAS_BIAS"],
-    prune_configs_by={"early_config_prune": _prune_configs},
-)
 @triton.jit
-def _fused_lowrank_kernel(
-    x_ptr, a_ptr, b_ptr, bias_ptr, y_ptr,
-    M, K, N, R, M_BUCKET, alpha,
-    stride_xm, stride_xk, stride_ak, stride_ar, stride_br, stride_bn, stride_ym, stride_yn,
-    HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+def _factor_tile(ptr, offs_row, offs_col, k, stride_t, stride_i, stride_j, ROWS_ARE_RANK: tl.constexpr, mask):
+    """Loads a tile of a factor stored as [L, ., .], addressed by (rank index l*k + j, other index)."""
+    if ROWS_ARE_RANK:
+        rank, other = offs_row[:, None], offs_col[None, :]
+        return tl.load(ptr + (rank // k) * stride_t + (rank % k) * stride_i + other * stride_j, mask=mask, other=0.0)
+    other, rank = offs_row[:, None], offs_col[None, :]
+    return tl.load(ptr + (rank // k) * stride_t + other * stride_i + (rank % k) * stride_j, mask=mask, other=0.0)
+
+
+@triton.autotune(configs=PROJECT_CONFIGS, key=["M_BUCKET", "K", "BLOCK_R", "SPLIT", "ELEMENT_SIZE"],
+                 prune_configs_by={"early_config_prune": _prune(project_smem)})
+@triton.jit
+def _project_kernel(
+    x_ptr, p_ptr, q_ptr, part_ptr,
+    M, K, RANK, k, k_per_split, M_BUCKET,
+    stride_xm, stride_xk, p_st, p_si, p_sj, q_st, q_si, q_sj,
+    SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    # h[:, :RANK] = x P and h[:, RANK:] = x Q for one row block and one slice of K.
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_r = tl.arange(0, BLOCK_R)
     mask_m = offs_m < M
-    mask_r = offs_r < R
-
-    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    mask_r = offs_r < RANK
+    rows = offs_m.to(tl.int64)  # x may hold more than 2**31 elements
+    acc_p = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    acc_q = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    k_begin = pid_s * k_per_split
+    for k0 in range(k_begin, tl.minimum(k_begin + k_per_split, K), BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :], other=0.0,
-        )
-        a = tl.load(
-            a_ptr + offs_k[:, None] * stride_ak + offs_r[None, :] * stride_ar,
-            mask=mask_k[:, None] & mask_r[None, :], other=0.0,
-        )
-        acc = tl.dot(x, a, acc, input_precision=DOT_PRECISION)
-    h = (acc * alpha).to(y_ptr.dtype.element_ty)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        mask_kr = mask_k[:, None] & mask_r[None, :]
+        p = _factor_tile(p_ptr, offs_k, offs_r, k, p_st, p_si, p_sj, False, mask_kr)
+        q = _factor_tile(q_ptr, offs_k, offs_r, k, q_st, q_si, q_sj, False, mask_kr)
+        acc_p = tl.dot(x, p, acc_p, input_precision=DOT_PRECISION)
+        acc_q = tl.dot(x, q, acc_q, input_precision=DOT_PRECISION)
+    # partials [SPLIT, M, 2, BLOCK_R] float32
+    base = part_ptr + pid_s * M * 2 * BLOCK_R + rows[:, None] * 2 * BLOCK_R + offs_r[None, :]
+    tl.store(base, acc_p, mask=mask_m[:, None])
+    tl.store(base + BLOCK_R, acc_q, mask=mask_m[:, None])
 
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
+
+@triton.autotune(configs=EXPAND_CONFIGS, key=["M_BUCKET", "N", "BLOCK_R", "SPLIT", "HAS_BIAS", "ELEMENT_SIZE"],
+                 prune_configs_by={"early_config_prune": _prune(expand_smem)})
+@triton.jit
+def _expand_kernel(
+    part_ptr, u_ptr, v_ptr, bias_ptr, y_ptr,
+    M, N, RANK, k, M_BUCKET, alpha,
+    u_st, u_si, u_sj, v_st, v_si, v_sj, stride_ym, stride_yn,
+    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, ELEMENT_SIZE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_TILES: tl.constexpr,
+):
+    # y = alpha * (h_p U + h_q V) + b for one row block and N_TILES column tiles.
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_m = offs_m < M
+    mask_r = offs_r < RANK
+    rows = offs_m.to(tl.int64)  # y may hold more than 2**31 elements
+    h_p = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    h_q = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    base = part_ptr + rows[:, None] * 2 * BLOCK_R + offs_r[None, :]
+    for s in range(SPLIT):
+        h_p += tl.load(base + s * M * 2 * BLOCK_R, mask=mask_m[:, None], other=0.0)
+        h_q += tl.load(base + s * M * 2 * BLOCK_R + BLOCK_R, mask=mask_m[:, None], other=0.0)
+    h_p = (h_p * alpha).to(y_ptr.dtype.element_ty)
+    h_q = (h_q * alpha).to(y_ptr.dtype.element_ty)
+    for t in range(N_TILES):
+        offs_n = (pid_n * N_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        b = tl.load(
-            b_ptr + offs_r[:, None] * stride_br + offs_n[None, :] * stride_bn,
-            mask=mask_r[:, None] & mask_n[None, :], other=0.0,
-        )
-        out = tl.dot(h, b, input_precision=DOT_PRECISION)
+        mask_rn = mask_r[:, None] & mask_n[None, :]
+        u = _factor_tile(u_ptr, offs_r, offs_n, k, u_st, u_si, u_sj, True, mask_rn)
+        v = _factor_tile(v_ptr, offs_r, offs_n, k, v_st, v_si, v_sj, True, mask_rn)
+        out = tl.dot(h_p, u, input_precision=DOT_PRECISION)
+        out = tl.dot(h_q, v, out, input_precision=DOT_PRECISION)
         if HAS_BIAS:
             out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(
-            y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
-            out.to(y_ptr.dtype.element_ty),
-            mask=mask_m[:, None] & mask_n[None, :],
-        )
+        tl.store(y_ptr + rows[:, None] * stride_ym + offs_n[None, :] * stride_yn,
+                 out.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -123,36 +166,68 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def fused_lowrank_forward(x2, A, B, bias, alpha: float, launch=lambda kernel: kernel, config=None):
-    """y = alpha * (x2 A) B + bias for 2-D x2 [M, K], A [K, R], B [R, N].
+def block_r(rank: int) -> int:
+    return max(16, triton.next_power_of_2(rank))
 
-    ``launch`` wraps the kernel before launching (torch.library.wrap_triton inside a
-    triton_op, so torch.compile sees the kernel); plain launch otherwise. ``config`` (a
-    triton.Config from CONFIGS) bypasses autotuning, for tests of every config.
+
+def supported(rank: int, dtype: torch.dtype) -> bool:
+    """Whether both kernels have a config whose tiles fit this rank (= L*k) and dtype."""
+    size, br = torch.empty((), dtype=dtype).element_size(), block_r(rank)
+    return (2 * rank <= MAX_RANK
+            and any(project_smem(c, size, br) <= _SHARED_MEMORY_BUDGET for c in PROJECT_CONFIGS)
+            and any(expand_smem(c, size, br) <= _SHARED_MEMORY_BUDGET for c in EXPAND_CONFIGS))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def num_splits(M: int, K: int, device: torch.device) -> int:
+    """Slices of the K axis so that row blocks x slices fill the GPU about 4 times over."""
+    if device.type != "cuda":
+        return 1 if K <= 64 else 2  # the interpreter: exercise the split path cheaply
+    target_programs = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    row_blocks = triton.cdiv(max(M, 1), 64)
+    return max(1, min(triton.cdiv(target_programs, row_blocks), K // 512, 32))
+
+
+def _strides(t: torch.Tensor):
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def sketched_forward(x2, S1s, S2s, U1s, U2s, bias, launch=lambda kernel: kernel, configs=None):
+    """y = 1/(2L) * (x2 [S1 | U2]) [U1; S2] + bias for 2-D x2 [M, in] and the [L, ., .] factors.
+
+    ``launch`` wraps each kernel before launching (torch.library.wrap_triton inside a
+    triton_op, so torch.compile sees the kernels). ``configs`` = (project, expand)
+    triton.Configs bypasses autotuning, for tests of every config.
     """
     M, K = x2.shape
-    R, N = B.shape
-    if not fused_supported(R, x2.dtype):
-        raise ValueError(f"fused_lowrank_forward: rank {R} in {x2.dtype} does not fit the fused kernel "
-                         f"(MAX_FUSED_RANK={MAX_FUSED_RANK}); use torch.ops.panther.lowrank_linear")
+    L, k, N = U1s.shape
+    rank = L * k
+    if not supported(rank, x2.dtype):
+        raise ValueError(f"sketched_forward: total rank 2Lk = {2 * rank} in {x2.dtype} does not fit the Triton "
+                         f"kernels (at most {MAX_RANK}); use torch.ops.panther.sketched_linear")
     y = x2.new_empty((M, N))
     if M == 0:
         return y
-    block_r = _block_r(R)
-    m_bucket = triton.next_power_of_2(max(M, 1))
+    br, split = block_r(rank), num_splits(M, K, x2.device)
+    partials = x2.new_empty((split, M, 2, br), dtype=torch.float32)
+    common = dict(BLOCK_R=br, ELEMENT_SIZE=x2.element_size(), SPLIT=split, DOT_PRECISION=_dot_precision(x2.dtype))
+    m_bucket = triton.next_power_of_2(M)
+    project, expand, meta_p, meta_e = _project_kernel, _expand_kernel, {}, {}
+    if configs is not None:
+        project, expand = _project_kernel.fn, _expand_kernel.fn
+        meta_p, meta_e = ({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages} for c in configs)
+    k_per_split = triton.cdiv(triton.cdiv(K, split), 256) * 256  # whole BLOCK_K steps per slice
 
-    def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]),)
-
-    kernel, meta = _fused_lowrank_kernel, {}
-    if config is not None:
-        kernel = _fused_lowrank_kernel.fn
-        meta = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
-    launch(kernel)[grid](
-        x2, A, B, bias if bias is not None else y, y,
-        M, K, N, R, m_bucket, alpha,
-        x2.stride(0), x2.stride(1), A.stride(0), A.stride(1), B.stride(0), B.stride(1),
-        y.stride(0), y.stride(1),
-        HAS_BIAS=bias is not None, BLOCK_R=block_r, DOT_PRECISION=_dot_precision(x2.dtype), **meta,
+    launch(project)[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), split)](
+        x2, S1s, U2s, partials, M, K, rank, k, k_per_split, m_bucket,
+        x2.stride(0), x2.stride(1), *_strides(S1s), *_strides(U2s), **common, **meta_p,
+    )
+    launch(expand)[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"] * meta["N_TILES"]))](
+        partials, U1s, S2s, bias if bias is not None else y, y, M, N, rank, k, m_bucket, 1.0 / (2 * L),
+        *_strides(U1s), *_strides(S2s), y.stride(0), y.stride(1), HAS_BIAS=bias is not None, **common, **meta_e,
     )
     return y

@@ -1,11 +1,11 @@
-"""torch.ops.panther.sketched_linear_triton: SKLinear with the fused Triton forward on CUDA.
+"""torch.ops.panther.sketched_linear_triton: SKLinear with Triton kernels on CUDA.
 
 Same math, schema and gradients as torch.ops.panther.sketched_linear. On CUDA, ranks
-2Lk <= MAX_FUSED_RANK whose tiles fit in shared memory run the fused kernel (x read
-once, y written once); larger ranks and every other device (CPU in CI) run the
-two-GEMM C++ op inside the same op. The backward is the C++ backward op
-(cuBLAS GEMMs) for both. Entering through torch.library.triton_op lets Inductor see
-the kernel under torch.compile.
+2Lk <= MAX_RANK run the two Triton kernels of triton_kernels.py (split-K projection,
+then a fused scale + bias expansion, reading the factors in place); larger ranks and
+every other device (CPU in CI) run the two-GEMM C++ op inside the same op. The backward
+is the C++ backward op (cuBLAS GEMMs) for both. Entering through
+torch.library.triton_op lets Inductor see the kernels under torch.compile.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ except ImportError:  # CPU-only installs may lack triton; SKLinear_triton then s
 sketched_linear_triton = None
 
 if triton_available:
-    from .triton_kernels import fused_lowrank_forward, fused_supported
+    from . import triton_kernels
 
     @torch.library.triton_op("panther::sketched_linear_triton", mutates_args=())
     def sketched_linear_triton(
@@ -38,15 +38,12 @@ if triton_available:
     ) -> torch.Tensor:
         L, d_in, k, d_out = checks.check_sketched(x, S1s, S2s, U1s, U2s)
         checks.check_bias(bias, x, d_out)
-        rank = 2 * L * k
         # The body runs for every device: eagerly, and when torch.compile decomposes the
         # op into it. Other devices and large ranks take the C++ two-GEMM op.
-        if x.device.type != "cuda" or not fused_supported(rank, x.dtype):
+        if x.device.type != "cuda" or not triton_kernels.supported(L * k, x.dtype):
             return torch.ops.panther.sketched_linear(x, S1s, S2s, U1s, U2s, bias)
-        A = torch.cat([S1s.permute(1, 0, 2), U2s.permute(1, 0, 2)], dim=1).reshape(d_in, rank)
-        B = torch.cat([U1s, S2s], dim=0).reshape(rank, d_out)
-        x2 = x.reshape(-1, d_in)
-        y = fused_lowrank_forward(x2, A, B, bias, 1.0 / (2 * L), launch=torch.library.wrap_triton)
+        y = triton_kernels.sketched_forward(x.reshape(-1, d_in), S1s, S2s, U1s, U2s, bias,
+                                            launch=torch.library.wrap_triton)
         return y.view(*x.shape[:-1], d_out)
 
     sketched_linear_triton.register_autograd(sketched_linear_backward, setup_context=setup_sketched)
