@@ -3,6 +3,7 @@
 # run the test suite on the GPU, then every benchmark, writing logs and JSON to $1.
 #
 #   bash benchmarks/gpu_all.sh OUT_DIR [pytest -k expression]
+# BENCHMARKS=linear,conv selects benchmarks; BENCH_TIMEOUT caps each one (seconds).
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_all.sh OUT_DIR [pytest -k expression]}
 select=${2:-}
@@ -24,13 +25,15 @@ $py setup.py build_ext --inplace > "$out/build.log" 2>&1 || { tail -40 "$out/bui
 echo "build: $(( $(date +%s) - start )) s"
 
 status=0
-$py -m pytest -q -x -p no:cacheprovider tests ${select:+-k "$select"} 2>&1 | tee "$out/gpu_tests.log" | tail -25
+$py -m pytest -q -p no:cacheprovider tests ${select:+-k "$select"} 2>&1 | tee "$out/gpu_tests.log" | tail -25
 status=${PIPESTATUS[0]}
 
 for bench in benchmarks/bench_*.py; do
   name=$(basename "$bench" .py)
+  if [ -n "${BENCHMARKS:-}" ] && [[ ",$BENCHMARKS," != *",${name#bench_},"* ]]; then continue; fi
   echo "== $name"
-  $py -m "benchmarks.$name" --device cuda --out "$out" > "$out/$name.log" 2>&1 || { echo "$name failed"; tail -20 "$out/$name.log"; status=1; }
+  timeout "${BENCH_TIMEOUT:-300}" $py -m "benchmarks.$name" --device cuda --out "$out" > "$out/$name.log" 2>&1 \
+    || { echo "$name failed"; tail -20 "$out/$name.log"; status=1; }
   grep -v '^$' "$out/$name.log" | head -60
 done
 exit $status

@@ -5,7 +5,7 @@
 """
 
 from . import ops  # loads the native op library first
-from . import nn, sketch
+from . import linalg, nn, sketch
 
 __version__ = "0.2.0.dev0"
-__all__ = ["nn", "ops", "sketch"]
+__all__ = ["linalg", "nn", "ops", "sketch"]

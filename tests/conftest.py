@@ -10,6 +10,8 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:  # one config per kernel; tests that cover every config pass them explicitly
+    os.environ.setdefault("PANTHER_TRITON_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
 

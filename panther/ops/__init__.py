@@ -9,5 +9,7 @@ from .. import _native
 _native.load()
 
 from . import linear  # noqa: E402,F401
+from . import conv, attention  # noqa: E402,F401
+from . import sketch  # noqa: E402,F401
 
-__all__ = ["linear"]
+__all__ = ["attention", "conv", "linear"]

@@ -1,0 +1,116 @@
+"""Randomized SVD (Halko, Martinsson, Tropp 2011; blocked adaptive QB after Martinsson & Voronin 2016).
+
+Fixed rank (tol=None): l = k + oversampling test vectors from a sparse sign sketch
+(Y = A Ωᵀ: one streaming pass over A, no dense Gaussian to draw), ``power_iters`` rounds of
+Y ← A (Aᵀ Y) with re-orthonormalisation after every product (randomized CholeskyQR), then
+B = QᵀA, B = Ũ Σ Vᵀ, U = Q Ũ. Expected error ≲ (1 + 4√(k+p)/(p−1)·√min(m,n))^{1/(2q+1)} σ_{k+1}
+(HMT Cor. 10.10 with q power iterations).
+
+Adaptive (tol given): blocks of ``block_size`` basis vectors are added to a QB factorisation of
+A, each from the residual A − QB, until the relative Frobenius error estimate
+√(‖A‖² − ‖B‖²)/‖A‖ is at most tol or k + oversampling columns are reached; the returned rank
+r <= k is the smallest whose estimated relative error √(‖A − QB‖² + Σ_{i>r} σ_i²)/‖A‖ is at most tol.
+The estimate subtracts squared norms, so it cannot resolve errors below about √u·‖A‖
+(1e-8 in float64, 3e-4 in float32): tol is raised to that floor.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from .._validation import positive_int
+from ..sketch.sparse import sparse_sign
+from .cholqr import orthonormalize
+
+
+def _check(A, k, tol, oversampling, power_iters, block_size):
+    if not isinstance(A, torch.Tensor):
+        raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
+    if A.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"A must be float32 or float64, got {A.dtype}")
+    if A.dim() != 2:
+        raise ValueError(f"A must be a 2-D tensor [m, n], got shape {list(A.shape)}")
+    k = positive_int(k, "k")
+    if k > min(A.shape):
+        raise ValueError(f"k must be <= min(m, n) = {min(A.shape)}, got {k}")
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1):
+        raise ValueError(f"tol must be None or a relative error in (0, 1), got {tol!r}")
+    for value, name in ((oversampling, "oversampling"), (power_iters, "power_iters")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    if block_size is not None:
+        positive_int(block_size, "block_size")
+    return k
+
+
+def _range_sketch(A, l, generator):
+    """Y = A Ωᵀ for a sparse sign Ω [l, n] (8 non-zeros per column, or l if smaller)."""
+    omega = sparse_sign(l, A.shape[1], nnz=min(8, l), device=A.device, dtype=A.dtype, generator=generator)
+    return omega.apply(A, dim=1)
+
+
+def _svd_of_qb(Q, B, r):
+    Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
+    return Q @ Ub[:, :r], S[:r], Vh[:r].mT
+
+
+def _fixed_rank(A, k, oversampling, power_iters, generator):
+    l = min(k + oversampling, min(A.shape))
+    Q = orthonormalize(_range_sketch(A, l, generator), generator)
+    for _ in range(power_iters):
+        Z = orthonormalize(A.mT @ Q, generator)
+        Q = orthonormalize(A @ Z, generator)
+    return _svd_of_qb(Q, Q.mT @ A, k)
+
+
+def _adaptive(A, k, tol, oversampling, power_iters, block_size, generator):
+    m, n = A.shape
+    cap = min(k + oversampling, m, n)
+    b = block_size or min(max(8, k // 4), 64)
+    norm2 = float(torch.linalg.matrix_norm(A).double() ** 2)
+    tol = max(tol, 2.0 * math.sqrt(torch.finfo(A.dtype).eps))
+    Q, B = A.new_zeros((m, 0)), A.new_zeros((0, n))
+    captured2 = 0.0
+    while Q.shape[1] < cap:
+        bi = min(b, cap - Q.shape[1])
+        Y = _range_sketch(A, bi, generator)
+        Y = Y - Q @ (Q.mT @ Y)
+        for _ in range(power_iters):
+            Z = orthonormalize(A.mT @ Y - B.mT @ (Q.mT @ Y), generator)  # (A - QB)ᵀ Y
+            Y = A @ Z - Q @ (B @ Z)  # (A - QB) Z
+        for _ in range(2):  # block Gram-Schmidt, twice is enough
+            Y = Y - Q @ (Q.mT @ Y)
+        Qi = orthonormalize(Y, generator)
+        Bi = Qi.mT @ A - (Qi.mT @ Q) @ B
+        Q, B = torch.cat([Q, Qi], 1), torch.cat([B, Bi], 0)
+        captured2 += float(torch.linalg.matrix_norm(Bi).double() ** 2)
+        if norm2 == 0 or math.sqrt(max(norm2 - captured2, 0.0) / norm2) <= tol:
+            break
+    U, S, V = _svd_of_qb(Q, B, min(k, Q.shape[1]))
+    if norm2 == 0:
+        return U[:, :1], S[:1], V[:, :1]
+    resid2 = max(norm2 - captured2, 0.0)
+    s2 = (S.double() ** 2).flip(0).cumsum(0).flip(0)  # s2[r] = sum_{i >= r} σ_i²
+    tail = torch.cat([s2[1:], s2.new_zeros(1)])  # error of keeping r + 1 values
+    ok = ((resid2 + tail) / norm2).sqrt() <= tol
+    r = int(torch.argmax(ok.to(torch.int8))) + 1 if bool(ok.any()) else S.shape[0]
+    return U[:, :r], S[:r], V[:, :r]
+
+
+def randomized_svd(A: torch.Tensor, k: int, tol: float | None = None, oversampling: int = 10,
+                   power_iters: int = 2, *, block_size: int | None = None, generator: torch.Generator | None = None):
+    """Rank-k randomized SVD A ≈ U diag(S) Vᵀ: ``(U [m, r], S [r], V [n, r])``, S descending.
+
+    r = k when ``tol`` is None; with a relative Frobenius-error target ``tol`` (blocked adaptive
+    mode) r <= k is the smallest rank meeting it (k if none does). ``oversampling`` extra test
+    vectors (default 10) and ``power_iters`` power iterations (default 2), each followed by
+    re-orthonormalisation. V is returned n x r (not transposed), as in the earlier Panther.
+    Float32 or float64, on A's device; ``generator`` seeds the test matrices.
+    """
+    k = _check(A, k, tol, oversampling, power_iters, block_size)
+    if tol is None:
+        return _fixed_rank(A, k, oversampling, power_iters, generator)
+    return _adaptive(A, k, float(tol), oversampling, power_iters, block_size, generator)

@@ -1,0 +1,185 @@
+"""Triton kernels for applying sketches on the GPU (also run by Triton's CPU interpreter in CI).
+
+sparse_scatter: out = S A along one axis, S [d, m] sparse with s non-zeros per column.
+    The input is viewed as [pre, m, post]; each program loads one tile of A once and
+    atomically adds its s signed copies into the output rows they hash to. The output
+    (d x post per pre index) is small and stays in L2, so the kernel streams A once: the
+    memory floor of a sketch. Accumulation is float32 (float64 for float64 inputs).
+sparse_gather: out = Sᵀ G (the adjoint): each output tile gathers s rows of G, no atomics.
+fwht: orthonormal Walsh–Hadamard transform of rows of power-of-two length n <= MAX_FWHT_N,
+    one read and one write per row: the butterfly runs in registers, stage h pairing
+    entries j and j + h by a reshape to [.., n/2h, 2, h] and a split of the size-2 axis.
+    Longer rows are split as H_n = H_a ⊗ H_b (two passes, see fwht()).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_FWHT_N = 1 << 13  # longest row one program transforms in registers
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@triton.jit
+def _sparse_scatter_kernel(
+    a_ptr, rows_ptr, vals_ptr, out_ptr,
+    PRE, M, POST, D, S, TILES_I, TILES_Q,
+    BLOCK_P: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    # A flat grid (the third grid axis is limited to 65535 on CUDA) over (p, i, q) tiles.
+    pid = tl.program_id(0)
+    tq = pid % TILES_Q
+    ti = (pid // TILES_Q) % TILES_I
+    tp = pid // (TILES_Q * TILES_I)
+    offs_p = (tp * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+    offs_i = (ti * BLOCK_I + tl.arange(0, BLOCK_I)).to(tl.int64)
+    offs_q = (tq * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
+    mask_i = offs_i < M
+    mask = (offs_p < PRE)[:, None, None] & mask_i[None, :, None] & (offs_q < POST)[None, None, :]
+    a = tl.load(
+        a_ptr + offs_p[:, None, None] * (M * POST) + offs_i[None, :, None] * POST + offs_q[None, None, :],
+        mask=mask, other=0.0,
+    ).to(out_ptr.dtype.element_ty)
+    out_base = out_ptr + offs_p[:, None, None] * (D * POST) + offs_q[None, None, :]
+    for j in range(S):
+        r = tl.load(rows_ptr + offs_i * S + j, mask=mask_i, other=0)
+        v = tl.load(vals_ptr + offs_i * S + j, mask=mask_i, other=0.0).to(out_ptr.dtype.element_ty)
+        tl.atomic_add(out_base + r[None, :, None] * POST, a * v[None, :, None], mask=mask)
+
+
+@triton.jit
+def _sparse_gather_kernel(
+    g_ptr, rows_ptr, vals_ptr, out_ptr,
+    PRE, M, POST, D, S, TILES_I, TILES_Q,
+    BLOCK_P: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    tq = pid % TILES_Q
+    ti = (pid // TILES_Q) % TILES_I
+    tp = pid // (TILES_Q * TILES_I)
+    offs_p = (tp * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+    offs_i = (ti * BLOCK_I + tl.arange(0, BLOCK_I)).to(tl.int64)
+    offs_q = (tq * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
+    mask_i = offs_i < M
+    mask = (offs_p < PRE)[:, None, None] & mask_i[None, :, None] & (offs_q < POST)[None, None, :]
+    acc = tl.zeros((BLOCK_P, BLOCK_I, BLOCK_Q), dtype=tl.float64 if g_ptr.dtype.element_ty == tl.float64 else tl.float32)
+    g_base = g_ptr + offs_p[:, None, None] * (D * POST) + offs_q[None, None, :]
+    for j in range(S):
+        r = tl.load(rows_ptr + offs_i * S + j, mask=mask_i, other=0)
+        v = tl.load(vals_ptr + offs_i * S + j, mask=mask_i, other=0.0).to(acc.dtype)
+        g = tl.load(g_base + r[None, :, None] * POST, mask=mask, other=0.0).to(acc.dtype)
+        acc += g * v[None, :, None]
+    tl.store(
+        out_ptr + offs_p[:, None, None] * (M * POST) + offs_i[None, :, None] * POST + offs_q[None, None, :],
+        acc.to(out_ptr.dtype.element_ty), mask=mask,
+    )
+
+
+def _tiles(pre: int, mid: int, post: int) -> tuple[int, int, int]:
+    """Tile sizes (BLOCK_P, BLOCK_I, BLOCK_Q) of about 4096 elements, widest along post."""
+    budget = 1024 if _INTERPRET else 4096
+    bq = min(triton.next_power_of_2(post), 256)
+    bi = min(triton.next_power_of_2(mid), max(1, budget // bq))
+    bp = min(triton.next_power_of_2(pre), max(1, budget // (bq * bi)))
+    return bp, bi, bq
+
+
+def _launch_tiled(kernel, src, rows, vals, out, pre, mid, post, d, launch):
+    bp, bi, bq = _tiles(pre, mid, post)
+    tiles_p, tiles_i, tiles_q = triton.cdiv(pre, bp), triton.cdiv(mid, bi), triton.cdiv(post, bq)
+    launch(kernel)[(tiles_p * tiles_i * tiles_q,)](
+        src, rows, vals, out, pre, mid, post, d, rows.shape[1], tiles_i, tiles_q,
+        BLOCK_P=bp, BLOCK_I=bi, BLOCK_Q=bq, num_warps=4,
+    )
+
+
+def _layout(shape, dim: int) -> tuple[int, int, int]:
+    pre = 1
+    for s in shape[:dim]:
+        pre *= s
+    post = 1
+    for s in shape[dim + 1:]:
+        post *= s
+    return pre, shape[dim], post
+
+
+def sparse_scatter(A, rows, vals, d: int, dim: int, launch=lambda kernel: kernel):
+    """S A along ``dim`` (already wrapped to [0, A.dim())); A.shape[dim] == rows.shape[0]."""
+    A = A.contiguous()
+    pre, m, post = _layout(A.shape, dim)
+    out_shape = list(A.shape)
+    out_shape[dim] = d
+    out = torch.zeros(out_shape, dtype=_acc_dtype(A.dtype), device=A.device)
+    if out.numel() and A.numel():
+        _launch_tiled(_sparse_scatter_kernel, A, rows.contiguous(), vals.contiguous(), out, pre, m, post, d, launch)
+    return out.to(A.dtype)
+
+
+def sparse_gather(G, rows, vals, d: int, dim: int, launch=lambda kernel: kernel):
+    """Sᵀ G along ``dim`` (already wrapped); G.shape[dim] == d, output size rows.shape[0]."""
+    G = G.contiguous()
+    pre, _, post = _layout(G.shape, dim)
+    m = rows.shape[0]
+    out_shape = list(G.shape)
+    out_shape[dim] = m
+    out = torch.empty(out_shape, dtype=G.dtype, device=G.device)
+    if out.numel():
+        _launch_tiled(_sparse_gather_kernel, G, rows.contiguous(), vals.contiguous(), out, pre, m, post, d, launch)
+    return out
+
+
+@triton.jit
+def _fwht_kernel(x_ptr, y_ptr, ROWS, scale, N: tl.constexpr, LOG_N: tl.constexpr, BLOCK_B: tl.constexpr):
+    pid = tl.program_id(0)
+    offs_b = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    offs_n = tl.arange(0, N)
+    mask = (offs_b < ROWS)[:, None]
+    ptrs = offs_b[:, None] * N + offs_n[None, :]
+    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+    for s in tl.static_range(LOG_N):
+        # Stage h = 2^s: view each row as [N/2h, 2, h]; the pairs (j, j + h) are the two
+        # halves of the size-2 axis, moved last so tl.split can take them apart.
+        x4 = tl.permute(tl.reshape(x, (BLOCK_B, N // (2 << s), 2, 1 << s)), (0, 1, 3, 2))
+        lo, hi = tl.split(x4)
+        x = tl.reshape(tl.permute(tl.join(lo + hi, lo - hi), (0, 1, 3, 2)), (BLOCK_B, N))
+    tl.store(y_ptr + ptrs, (x * scale).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _fwht_rows(x2, launch):
+    """Orthonormal FWHT of the rows of a contiguous [rows, n] tensor, n <= MAX_FWHT_N."""
+    rows, n = x2.shape
+    y = torch.empty_like(x2)
+    if rows == 0:
+        return y
+    block_b = max(1, min(triton.next_power_of_2(rows), (1024 if _INTERPRET else 4096) // n))
+    num_warps = 4 if n * block_b <= 4096 else 8
+    launch(_fwht_kernel)[(triton.cdiv(rows, block_b),)](
+        x2, y, rows, float(n) ** -0.5, N=n, LOG_N=n.bit_length() - 1, BLOCK_B=block_b, num_warps=num_warps,
+    )
+    return y
+
+
+def fwht(x, launch=lambda kernel: kernel, max_n: int = MAX_FWHT_N):
+    """Orthonormal FWHT of the last axis (power-of-two length n, checked by the caller).
+
+    n <= max_n: one kernel pass. Larger n = a * b with b = max_n: H_n = H_a ⊗ H_b, so the
+    transform is FWHT over the last b entries of the [.., a, b] view, then over the a axis
+    (transposed to last), each pass scaled by its own 1/sqrt(length).
+    """
+    n = x.shape[-1]
+    x2 = x.reshape(-1, n).contiguous()
+    if n <= max_n:
+        return _fwht_rows(x2, launch).view(x.shape)
+    b = max_n
+    a = n // b
+    y = _fwht_rows(x2.view(-1, b), launch).view(-1, a, b)
+    y = fwht(y.transpose(1, 2), launch, max_n)  # [rows, b, a]: transforms the a axis
+    return y.transpose(1, 2).reshape(x.shape)

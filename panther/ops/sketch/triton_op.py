@@ -1,0 +1,70 @@
+"""Triton ops for the sketch kernels: the GPU path of panther.sketch.
+
+torch.ops.panther.sparse_sketch_apply_triton / sparse_sketch_apply_t_triton / fwht_triton
+have the schema, math and gradients of the C++ ops sparse_sketch_apply / _t / fwht. On CUDA
+they launch the Triton kernels of triton_kernels.py; on every other device (CPU in CI)
+their body calls the C++ op, so one entry point serves all devices, eagerly and under
+torch.compile (which decomposes a triton_op into its body and sees the kernels).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import checks
+
+try:
+    import triton  # noqa: F401
+
+    triton_available = True
+except ImportError:  # CPU-only installs may lack triton: panther.sketch then uses the C++ ops.
+    triton_available = False
+
+sparse_sketch_apply_triton = sparse_sketch_apply_t_triton = fwht_triton = None
+
+if triton_available:
+    from . import triton_kernels as tk
+
+    _ops = torch.ops.panther
+
+    @torch.library.triton_op("panther::sparse_sketch_apply_triton", mutates_args=())
+    def sparse_sketch_apply_triton(
+        A: torch.Tensor, rows: torch.Tensor, vals: torch.Tensor, d: int, dim: int
+    ) -> torch.Tensor:
+        wd = checks.check_apply(A, rows, vals, d, dim)
+        if A.device.type != "cuda":
+            return _ops.sparse_sketch_apply(A, rows, vals, d, dim)
+        return tk.sparse_scatter(A, rows, vals, d, wd, launch=torch.library.wrap_triton)
+
+    @torch.library.triton_op("panther::sparse_sketch_apply_t_triton", mutates_args=())
+    def sparse_sketch_apply_t_triton(
+        G: torch.Tensor, rows: torch.Tensor, vals: torch.Tensor, d: int, dim: int
+    ) -> torch.Tensor:
+        wd = checks.check_apply_t(G, rows, vals, d, dim)
+        if G.device.type != "cuda":
+            return _ops.sparse_sketch_apply_t(G, rows, vals, d, dim)
+        return tk.sparse_gather(G, rows, vals, d, wd, launch=torch.library.wrap_triton)
+
+    @torch.library.triton_op("panther::fwht_triton", mutates_args=())
+    def fwht_triton(x: torch.Tensor) -> torch.Tensor:
+        checks.check_fwht(x)
+        if x.device.type != "cuda":
+            return _ops.fwht(x)
+        return tk.fwht(x, launch=torch.library.wrap_triton)
+
+    def _setup(ctx, inputs, output):
+        _, rows, vals, d, dim = inputs
+        ctx.save_for_backward(rows, vals)
+        ctx.d, ctx.dim = d, dim
+
+    def _apply_backward(ctx, grad):
+        rows, vals = ctx.saved_tensors
+        return sparse_sketch_apply_t_triton(grad, rows, vals, ctx.d, ctx.dim), None, None, None, None
+
+    def _apply_t_backward(ctx, grad):
+        rows, vals = ctx.saved_tensors
+        return sparse_sketch_apply_triton(grad, rows, vals, ctx.d, ctx.dim), None, None, None, None
+
+    sparse_sketch_apply_triton.register_autograd(_apply_backward, setup_context=_setup)
+    sparse_sketch_apply_t_triton.register_autograd(_apply_t_backward, setup_context=_setup)
+    fwht_triton.register_autograd(lambda ctx, grad: fwht_triton(grad))

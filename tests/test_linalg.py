@@ -1,0 +1,172 @@
+"""pr.linalg: CQRRPT and randomized SVD against the papers' claims, float32 and float64."""
+
+import pytest
+import torch
+
+import panther as pr
+
+F64 = torch.float64
+
+
+def _matrix(m, n, kind, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "full":
+        return torch.randn(m, n, dtype=F64, generator=g).to(dtype)
+    if kind == "ill":  # singular values log-spaced from 1 to 1e-10
+        U = torch.linalg.qr(torch.randn(m, n, dtype=F64, generator=g)).Q
+        V = torch.linalg.qr(torch.randn(n, n, dtype=F64, generator=g)).Q
+        return ((U * torch.logspace(0, -10, n, dtype=F64)) @ V.T).to(dtype)
+    r = n // 2  # rank-deficient: exact rank n/2
+    return (torch.randn(m, r, dtype=F64, generator=g) @ torch.randn(r, n, dtype=F64, generator=g)).to(dtype)
+
+
+TOL = {F64: 1e-13, torch.float32: 1e-5}
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("kind", ["full", "ill", "deficient"])
+@pytest.mark.parametrize("m, n", [(2000, 100), (200, 200)])
+def test_cqrrpt_accuracy(dtype, kind, m, n):
+    M = _matrix(m, n, kind, dtype)
+    Q, R, J = pr.linalg.cqrrpt(M, generator=torch.Generator().manual_seed(1))
+    r = Q.shape[1]
+    assert Q.dtype == R.dtype == dtype and J.dtype == torch.int64
+    assert R.shape == (r, n) and J.shape == (n,) and torch.equal(J.sort().values, torch.arange(n))
+    if kind == "full" or (kind == "ill" and dtype == F64):
+        assert r == n  # full rank kept (the earlier float32 CQRRPT truncated to ~95 of 100)
+    if kind == "deficient":
+        assert r == n // 2
+    Md = M.double()
+    err = (Md[:, J] - Q.double() @ R.double()).norm() / Md.norm()
+    orth = (Q.double().T @ Q.double() - torch.eye(r, dtype=F64)).norm()
+    assert err <= TOL[dtype], err
+    assert orth <= 10 * TOL[dtype], orth
+    assert torch.allclose(R.tril(-1), torch.zeros_like(R))  # upper trapezoidal
+
+
+def test_cqrrpt_float32_full_rank_gaussian_regression():
+    # Exactly the configuration where the earlier threshold (≈2.9 on diag(L) ratios) cut the rank.
+    for seed in range(3):
+        M = torch.randn(4000, 128, generator=torch.Generator().manual_seed(seed))
+        Q, R, J = pr.linalg.cqrrpt(M)
+        assert Q.shape[1] == 128
+        assert (M[:, J] - Q @ R).norm() / M.norm() < 1e-5
+
+
+def test_cqrrpt_pivots_reveal_rank():
+    # Columns 0..4 independent, the rest copies: the pivots must pick independent columns first.
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(500, 5, dtype=F64, generator=g)
+    M = torch.cat([base, base @ torch.randn(5, 15, dtype=F64, generator=g)], 1)
+    Q, R, J = pr.linalg.cqrrpt(M)
+    assert Q.shape[1] == 5
+    assert torch.linalg.matrix_rank(M[:, J[:5]]) == 5
+
+
+def test_cqrrpt_seeding_and_zero():
+    M = torch.randn(300, 20, dtype=F64)
+    a = pr.linalg.cqrrpt(M, generator=torch.Generator().manual_seed(3))
+    b = pr.linalg.cqrrpt(M, generator=torch.Generator().manual_seed(3))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    Q, R, J = pr.linalg.cqrrpt(torch.zeros(50, 4, dtype=F64))
+    assert Q.shape == (50, 0) and R.shape == (0, 4) and J.shape == (4,)
+
+
+@pytest.mark.parametrize(
+    "call, exc, words",
+    [
+        (lambda: pr.linalg.cqrrpt(torch.randn(10, 20)), ValueError, "m >= n"),
+        (lambda: pr.linalg.cqrrpt(torch.randn(10)), ValueError, "2-D"),
+        (lambda: pr.linalg.cqrrpt(torch.randn(10, 2).half()), TypeError, "float32 or float64"),
+        (lambda: pr.linalg.cqrrpt(torch.randn(10, 2), gamma=0.5), ValueError, "gamma must be"),
+        (lambda: pr.linalg.randomized_svd(torch.randn(10, 5), 6), ValueError, "k must be <= min"),
+        (lambda: pr.linalg.randomized_svd(torch.randn(10, 5), 2.0), TypeError, "k must be a positive int"),
+        (lambda: pr.linalg.randomized_svd(torch.randn(10, 5), 2, tol=2.0), ValueError, "tol must be"),
+        (lambda: pr.linalg.randomized_svd(torch.randn(10, 5), 2, oversampling=-1), ValueError, "oversampling"),
+        (lambda: pr.linalg.randomized_svd(torch.randn(10, 5).int(), 2), TypeError, "float32 or float64"),
+    ],
+)
+def test_bad_inputs(call, exc, words):
+    with pytest.raises(exc, match=words):
+        call()
+
+
+def _decaying(m, n, dtype, rate=0.85, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = min(m, n)
+    U = torch.linalg.qr(torch.randn(m, r, dtype=F64, generator=g)).Q
+    V = torch.linalg.qr(torch.randn(n, r, dtype=F64, generator=g)).Q
+    s = rate ** torch.arange(r, dtype=F64)
+    return ((U * s) @ V.T).to(dtype), s
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("m, n", [(500, 300), (300, 500)])
+def test_rsvd_near_optimal(dtype, m, n):
+    A, s = _decaying(m, n, dtype)
+    k = 20
+    U, S, V = pr.linalg.randomized_svd(A, k, generator=torch.Generator().manual_seed(0))
+    assert U.shape == (m, k) and S.shape == (k,) and V.shape == (n, k)  # V is n x k
+    optimal = s[k:].norm()  # Eckart–Young: best rank-k Frobenius error
+    err = (A.double() - (U.double() * S.double()) @ V.double().T).norm()
+    assert err <= 1.1 * optimal, (err, optimal)
+    torch.testing.assert_close(S.double(), s[:k], rtol=1e-3 if dtype == torch.float32 else 1e-8, atol=1e-6)
+    eye = torch.eye(k, dtype=F64)
+    orth = 1e-5 if dtype == torch.float32 else 1e-12
+    assert (U.double().T @ U.double() - eye).norm() < orth and (V.double().T @ V.double() - eye).norm() < orth
+
+
+def test_rsvd_oversampling_and_power_iterations_help():
+    A, s = _decaying(600, 400, F64, rate=0.97)
+    k = 15
+    errs = {}
+    for p, q in ((0, 0), (10, 2)):
+        U, S, V = pr.linalg.randomized_svd(A, k, oversampling=p, power_iters=q, generator=torch.Generator().manual_seed(0))
+        errs[(p, q)] = ((A - (U * S) @ V.T).norm() / s[k:].norm()).item()
+    assert errs[(10, 2)] < 1.02 < errs[(0, 0)]
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("tol", [1e-1, 1e-2])
+def test_rsvd_adaptive(dtype, tol):
+    A, s = _decaying(400, 300, dtype)
+    U, S, V = pr.linalg.randomized_svd(A, 100, tol=tol, generator=torch.Generator().manual_seed(0))
+    r = S.shape[0]
+    rel = ((A.double() - (U.double() * S.double()) @ V.double().T).norm() / A.double().norm()).item()
+    assert rel <= tol * 1.01
+    # It stops near the smallest sufficient rank (from the exact spectrum), not at k.
+    tails = torch.stack([s[i:].norm() for i in range(len(s))]) / s.norm()
+    r_opt = int((tails <= tol).nonzero()[0])
+    assert r_opt <= r <= r_opt + 3, (r, r_opt)
+
+
+def test_rsvd_exact_low_rank():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(200, 8, dtype=F64, generator=g) @ torch.randn(8, 150, dtype=F64, generator=g)
+    U, S, V = pr.linalg.randomized_svd(A, 8)
+    assert ((A - (U * S) @ V.T).norm() / A.norm()) < 1e-12
+    U, S, V = pr.linalg.randomized_svd(A, 20, tol=1e-6)
+    assert S.shape[0] == 8
+
+
+def test_orthonormalize():
+    Y = torch.randn(3000, 40, dtype=F64) @ torch.diag(torch.logspace(0, -8, 40, dtype=F64))
+    Q = pr.linalg.orthonormalize(Y)
+    assert (Q.T @ Q - torch.eye(40, dtype=F64)).norm() < 1e-12
+    assert ((Y - Q @ (Q.T @ Y)).norm() / Y.norm()) < 1e-12
+    D = torch.cat([Y[:, :10], Y[:, :10]], 1)  # rank-deficient: Householder fallback, still 20 columns
+    Q = pr.linalg.orthonormalize(D)
+    assert Q.shape == (3000, 20) and (Q.T @ Q - torch.eye(20, dtype=F64)).norm() < 1e-12
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_gpu_linalg(dtype):
+    M = _matrix(20000, 128, "ill", dtype).cuda()
+    Q, R, J = pr.linalg.cqrrpt(M)
+    assert Q.is_cuda and R.is_cuda and J.is_cuda
+    assert ((M[:, J] - Q @ R).norm() / M.norm()).item() <= TOL[dtype]
+    A, s = _decaying(2000, 1000, dtype)
+    U, S, V = pr.linalg.randomized_svd(A.cuda(), 20)
+    err = (A.double() - (U.double().cpu() * S.double().cpu()) @ V.double().cpu().T).norm()
+    assert err <= 1.1 * s[20:].norm()
