@@ -177,7 +177,7 @@ def test_triton_kernels_match_reference(kernel_fn, causal):
     q, k, v, P = inputs(N=40, S=40 if causal else 29, D=16, Dv=16, m=24, dtype=torch.float32, device=device)
     mask = padding_mask(2, k.shape[2]).to(device)
     got = favor_forward(q, k, v, P, kernel_fn, causal, mask, chunk=16, segments=2)
-    want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), kernel_fn, causal, mask.cpu())
+    want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), kernel_fn, causal, mask)
     torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=2e-3, atol=2e-3)
 
 

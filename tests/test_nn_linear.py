@@ -269,3 +269,18 @@ def test_cuda_layers_match_cpu_float64(dtype):
         y = gpu(x.to("cuda", dtype))
         tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
         assert ((y.double().cpu() - ref).norm() / ref.norm()).item() < tol
+
+
+@pytest.mark.gpu
+def test_triton_path_compiles_and_matches_eager():
+    """Large M and small rank take the Triton kernels (triton_kernels.preferred); compile them."""
+    from panther.ops.linear import triton_kernels
+
+    assert triton_kernels.preferred(8192, 16, torch.bfloat16)
+    layer = pr.nn.SKLinear_triton(512, 384, 1, 16, device="cuda", dtype=torch.bfloat16)
+    ref = pr.nn.SKLinear(512, 384, 1, 16, device="cuda", dtype=torch.bfloat16)
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(8192, 512, device="cuda", dtype=torch.bfloat16)
+    compiled = torch.compile(layer, fullgraph=True)
+    for y in (layer(x), compiled(x)):
+        assert ((y.float() - ref(x).float()).norm() / ref(x).float().norm()).item() < 2e-2

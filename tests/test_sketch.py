@@ -219,24 +219,27 @@ def test_fwht_matches_hadamard(n):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape, dim", [((300, 40), 0), ((7, 300), 1), ((3, 300, 5), 1)])
 def test_triton_sparse_kernels(dtype, shape, dim):
-    S = pr.sketch.sparse_sign(24, 300, nnz=3, generator=torch.Generator().manual_seed(1))
+    """The Triton kernels themselves: compiled on the GPU, interpreted on CPU."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    S = pr.sketch.sparse_sign(24, 300, nnz=3, generator=torch.Generator().manual_seed(1)).to(device)
     D = S.to_dense().double()
-    A = torch.randn(shape).to(dtype)
+    A = torch.randn(shape, device=device).to(dtype)
     rows, vals = S.rows, S.vals.to(dtype)
     out = tk.sparse_scatter(A, rows, vals, 24, dim)
     expected = torch.movedim(torch.tensordot(D, A.double(), dims=([1], [dim])), 0, dim)
     assert out.dtype == dtype and out.shape == expected.shape
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
-    G = torch.randn(expected.shape).to(dtype)
+    G = torch.randn(expected.shape, device=device).to(dtype)
     back = torch.movedim(torch.tensordot(D.T, G.double(), dims=([1], [dim])), 0, dim)
     torch.testing.assert_close(tk.sparse_gather(G, rows, vals, 24, dim).double(), back, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("n, max_n", [(1, 8192), (64, 8192), (1024, 8192), (256, 16)])
 def test_triton_fwht(n, max_n):
-    x = torch.randn(5, n)
-    H = torch.tensor(scipy.linalg.hadamard(n), dtype=F64) / math.sqrt(n)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(5, n, device=device)
+    H = torch.tensor(scipy.linalg.hadamard(n), dtype=F64, device=device) / math.sqrt(n)
     torch.testing.assert_close(tk.fwht(x, max_n=max_n).double(), x.double() @ H, rtol=1e-5, atol=1e-5)
 
 

@@ -34,7 +34,8 @@ RELU_EPS = 1e-6  # same epsilon as the C++ kernel's relu features
 @triton.jit
 def _softmax_logits(x, p, scale_in, m_ok, DOT_PRECISION: tl.constexpr):
     """x' P^T - |x'|^2 / 2 for a tile x [C, D_PAD] (float32 out), padded features -inf."""
-    xs = x.to(tl.float32) * scale_in
+    # Inductor passes Python floats as float64 scalars: keep the arithmetic in float32.
+    xs = (x.to(tl.float32) * scale_in).to(tl.float32)
     u = tl.dot(xs.to(p.dtype), tl.trans(p), input_precision=DOT_PRECISION)
     t = u - 0.5 * tl.sum(xs * xs, 1)[:, None]
     return tl.where(m_ok[None, :], t, float("-inf"))
@@ -43,7 +44,7 @@ def _softmax_logits(x, p, scale_in, m_ok, DOT_PRECISION: tl.constexpr):
 @triton.jit
 def _relu_features(x, p, inv_sqrt_m, eps, ok, DOT_PRECISION: tl.constexpr):
     u = tl.dot(x.to(p.dtype), tl.trans(p), input_precision=DOT_PRECISION)
-    return tl.where(ok, tl.maximum(u, 0.0) * inv_sqrt_m + eps, 0.0)
+    return tl.where(ok, (tl.maximum(u, 0.0) * inv_sqrt_m + eps).to(tl.float32), 0.0)
 
 
 @triton.jit
