@@ -153,9 +153,9 @@ def _expand_kernel(
     for s in range(SPLIT):
         h_p += tl.load(base + s * M * 2 * BLOCK_R, mask=mask_m[:, None], other=0.0)
         h_q += tl.load(base + s * M * 2 * BLOCK_R + BLOCK_R, mask=mask_m[:, None], other=0.0)
-    scale = alpha.to(tl.float32)  # Inductor passes Python floats as float64 scalars
-    h_p = (h_p * scale).to(y_ptr.dtype.element_ty)
-    h_q = (h_q * scale).to(y_ptr.dtype.element_ty)
+    # (Inductor passes alpha as a float64 scalar; the products are rounded to the input dtype here.)
+    h_p = (h_p * alpha).to(y_ptr.dtype.element_ty)
+    h_q = (h_q * alpha).to(y_ptr.dtype.element_ty)
     for t in range(N_TILES):
         offs_n = (pid_n * N_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
