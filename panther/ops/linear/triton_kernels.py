@@ -190,6 +190,7 @@ def preferred(M: int, rank: int, dtype: torch.dtype) -> bool:
     return M >= 8192 and rank <= 16 and supported(rank, dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def supported(rank: int, dtype: torch.dtype) -> bool:
     """Whether both kernels have a config whose tiles fit this rank (= L*k) and dtype."""
     size, br = torch.empty((), dtype=dtype).element_size(), block_r(rank)
