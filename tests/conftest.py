@@ -13,6 +13,10 @@ if not torch.cuda.is_available():
 else:  # one config per kernel; tests that cover every config pass them explicitly
     os.environ.setdefault("PANTHER_TRITON_AUTOTUNE", "0")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: more threads per worker only oversubscribe.
+    torch.set_num_threads(1)
+
 import pytest  # noqa: E402
 
 import panther  # noqa: E402,F401  (registers torch.ops.panther.*)

@@ -138,11 +138,14 @@ class SKLinear(nn.Module):
 
 
 class SKLinear_triton(SKLinear):
-    """:class:`SKLinear` with the fused Triton forward on CUDA.
+    """:class:`SKLinear` with Triton forward kernels on CUDA.
 
     Same signature, parameters, buffers and numbers as SKLinear (a state_dict moves
-    between the two). On CUDA with 2·num_terms·low_rank ≤ 256 the forward is one fused
-    kernel; otherwise, and on other devices, it runs SKLinear's two-GEMM op.
+    between the two). On CUDA the forward runs Triton kernels (a split-K projection, then
+    a fused scale-and-bias expansion) where they measured faster than cuBLAS (at least
+    8192 rows and num_terms·low_rank ≤ 16, see ``ops.linear.triton_kernels.preferred``);
+    elsewhere, and on other devices, it runs SKLinear's two-GEMM op. The backward is
+    SKLinear's on every device.
     """
 
     def __init__(self, *args, **kwargs) -> None:
