@@ -12,7 +12,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q numpy networkx tabulate optuna scipy "pytest>=8" pytest-xdist "triton>=3.1"
+	$(PY) -m pip install -q numpy networkx tabulate optuna scipy "pytest>=8" pytest-xdist "triton>=3.1" transformers matplotlib pandas psutil joblib
 	touch $@
 
 # The op library (panther/_C*.so), rebuilt when a native source changes.

@@ -1,0 +1,225 @@
+"""Applying a plan: replacing chosen nodes by panther ops whose factors live on the module.
+
+* linear (any family) -> ``panther.lowrank_linear(x, A, B, bias)`` with the two stacked
+  factor matrices of SKLinear (A [in, 2Lk], B [2Lk, out], the 1/(2L) folded into B):
+  inference needs no separate S/U tensors, and two GEMMs are the whole cost.
+* conv2d -> ``panther.sketched_conv2d(x, S1s, U1s, bias, ...)`` (SKConv2d's op).
+* attention -> ``panther.favor_attention(q, k, v, features, "softmax", causal)``
+  (RandMultiHeadAttention's op; the Triton one on CUDA).
+* linears that read the same input and are all sketched -> one shared ``x @ [A_1 .. A_n]``,
+  then a slice and ``linear`` per consumer (``fusion.py`` finds the groups).
+
+Factors are installed once per layer name through a :class:`ConstantInstaller` (``get_attr``
+buffers on the GraphModule by default; export installs them its own way). New nodes get
+fake values computed under the graph's fake mode, so Inductor's passes see shapes as for
+any other node. A node's replacement is built completely before the node is touched, and
+every failure is a :class:`RewriteError` naming the node.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import fx
+
+from ..plan import Plan
+from .candidates import Candidate, value_of
+from .factors import attention_projection, conv_factors, linear_factors, lowrank_pair
+from .fusion import shared_input_groups
+
+aten = torch.ops.aten
+panther = torch.ops.panther
+
+
+class RewriteError(RuntimeError):
+    """A chosen node could not be rewritten; ``node`` names it."""
+
+    def __init__(self, node: str, reason: str):
+        super().__init__(f"node {node!r}: {reason}")
+        self.node, self.reason = node, reason
+
+
+def fake_mode_of(gm: fx.GraphModule, example_inputs=()):
+    """The fake mode of the graph's recorded values (new nodes' values must share it), or None."""
+    for node in gm.graph.nodes:
+        value = value_of(node)
+        if value is not None and hasattr(value, "fake_mode"):
+            return value.fake_mode
+    from torch._guards import detect_fake_mode
+
+    return detect_fake_mode(list(example_inputs))
+
+
+class ConstantInstaller:
+    """Registers factor tensors as buffers of the GraphModule and reads them with ``get_attr``.
+
+    AOTAutograd lifts a Dynamo graph's buffers to inputs and looks each one up in
+    ``gm._param_name_to_source``; ours get a ``ConstantSource`` there (nothing is guarded
+    on it: the tensors belong to the compiled graph, not to user code).
+    """
+
+    def __init__(self, gm: fx.GraphModule, fake_mode, meta_key: str):
+        self.gm, self.fake_mode, self.meta_key = gm, fake_mode, meta_key
+        self._names: dict[str, str] = {}
+
+    def node(self, key: str, tensor: torch.Tensor, before: fx.Node) -> fx.Node:
+        attr = self._names.get(key)
+        if attr is None:
+            attr = "_panther_" + re.sub(r"\W", "_", key)
+            while hasattr(self.gm, attr):
+                attr += "_"
+            self.gm.register_buffer(attr, tensor, persistent=False)
+            sources = getattr(self.gm, "_param_name_to_source", None)
+            if isinstance(sources, dict):
+                from torch._dynamo.source import ConstantSource
+
+                sources[attr] = ConstantSource(f"__panther_{attr}")
+            self._names[key] = attr
+        with self.gm.graph.inserting_before(before):
+            node = self.gm.graph.get_attr(attr)
+        if self.fake_mode is not None:
+            node.meta[self.meta_key] = self.fake_mode.from_tensor(getattr(self.gm, attr), static_shapes=True)
+        return node
+
+
+class _Emitter:
+    def __init__(self, gm, installer, fake_mode, meta_key):
+        self.gm, self.installer, self.fake_mode, self.meta_key = gm, installer, fake_mode, meta_key
+
+    def call(self, target, args, like: fx.Node) -> fx.Node:
+        """A call_function node with ``like``'s module-stack meta and a fake value."""
+        node = self.gm.graph.call_function(target, tuple(args))
+        for key in ("nn_module_stack", "stack_trace"):
+            if key in like.meta:
+                node.meta[key] = like.meta[key]
+        if self.fake_mode is not None:
+            fake_args = [value_of(a) if isinstance(a, fx.Node) else a for a in args]
+            with self.fake_mode:
+                node.meta[self.meta_key] = target(*fake_args)
+        return node
+
+
+def _meta_key(gm: fx.GraphModule) -> str:
+    for node in gm.graph.nodes:
+        if "example_value" in node.meta:
+            return "example_value"  # Dynamo
+    return "val"  # export / aot
+
+
+def _linear_factor_pair(cand: Candidate, spec, seed: int, second_moments):
+    factors = linear_factors(cand.weight, spec, cand.name, seed, (second_moments or {}).get(cand.name),
+                             owner=cand.param)
+    return lowrank_pair(*factors)
+
+
+def apply_plan(gm: fx.GraphModule, candidates: list[Candidate], plan: Plan, *, seed: int = 0, fuse: bool = True,
+               example_inputs=(), second_moments: dict | None = None, installer=None) -> list[Candidate]:
+    """Rewrites the eligible candidates the plan sketches; returns those rewritten.
+
+    Nodes the plan keeps dense, ineligible nodes and every other node stay as they were.
+    ``second_moments``: {layer name: E[x xᵀ]} for ``init="asvd"`` entries.
+    """
+    chosen = [c for c in candidates if c.eligible and plan.get(c.name) is not None]
+    if not chosen:
+        return []
+    fake_mode = fake_mode_of(gm, example_inputs)
+    meta_key = _meta_key(gm)
+    installer = installer or ConstantInstaller(gm, fake_mode, meta_key)
+    emit = _Emitter(gm, installer, fake_mode, meta_key)
+
+    # compute every factor first: a failure leaves the graph untouched
+    prepared = {}
+    for cand in chosen:
+        spec = plan.get(cand.name)
+        try:
+            if cand.kind == "linear":
+                prepared[cand.node] = _linear_factor_pair(cand, spec, seed, second_moments)
+            elif cand.kind == "conv2d":
+                prepared[cand.node] = conv_factors(cand.weight, spec, cand.info["groups"], cand.name, seed)
+            else:
+                q = value_of(cand.node.args[0] if cand.node.args else cand.node.kwargs["query"])
+                prepared[cand.node] = attention_projection(spec, cand.info["head_dim"], cand.name, seed,
+                                                           device=q.device, dtype=q.dtype)
+        except Exception as err:  # noqa: BLE001 — reported with the node's name, then the backend falls back
+            raise RewriteError(cand.node.name, f"computing factors for {cand.name!r} failed: {err}") from err
+
+    groups = shared_input_groups([c for c in chosen if c.kind == "linear"]) if fuse else []
+    fused = {c.node for group in groups for c in group}
+    for group in groups:
+        _rewrite_fused(emit, group, prepared)
+    for cand in chosen:
+        if cand.node in fused:
+            continue
+        try:
+            with gm.graph.inserting_before(cand.node):
+                new = _REWRITERS[cand.kind](emit, cand, prepared[cand.node])
+        except Exception as err:  # noqa: BLE001
+            raise RewriteError(cand.node.name, f"rewriting {cand.name!r} failed: {err}") from err
+        cand.node.replace_all_uses_with(new)
+        gm.graph.erase_node(cand.node)
+    gm.graph.lint()
+    gm.recompile()
+    return chosen
+
+
+def _bias(cand: Candidate):
+    return cand.info.get("bias_node")
+
+
+def _rewrite_linear(emit, cand, pair):
+    A, B = pair
+    a = emit.installer.node(f"{cand.name}.A", A, cand.node)
+    b = emit.installer.node(f"{cand.name}.B", B, cand.node)
+    return emit.call(panther.lowrank_linear.default, (cand.info["input"], a, b, _bias(cand)), cand.node)
+
+
+def _rewrite_conv(emit, cand, factors):
+    S1s, U1s = factors
+    s = emit.installer.node(f"{cand.name}.S1s", S1s, cand.node)
+    u = emit.installer.node(f"{cand.name}.U1s", U1s, cand.node)
+    i = cand.info
+    args = (i["input"], s, u, _bias(cand), list(i["stride"]), list(i["padding"]), list(i["dilation"]), i["groups"],
+            "zeros")
+    return emit.call(panther.sketched_conv2d.default, args, cand.node)
+
+
+def _rewrite_attention(emit, cand, projection):
+    from ..ops.attention import triton_available
+
+    node = cand.node
+    names = ("query", "key", "value")
+    q, k, v = (node.args[i] if i < len(node.args) else node.kwargs[n] for i, n in enumerate(names))
+    p = emit.installer.node(f"{cand.name}.features", projection, node)
+    op = panther.favor_attention_triton.default if projection.is_cuda and triton_available \
+        else panther.favor_attention.default
+    return emit.call(op, (q, k, v, p, "softmax", bool(cand.info["causal"]), None, 0), node)
+
+
+_REWRITERS = {"linear": _rewrite_linear, "conv2d": _rewrite_conv, "attention": _rewrite_attention}
+
+
+def _rewrite_fused(emit, group: list[Candidate], prepared) -> None:
+    """x @ [A_1 .. A_n] once, then y_i = linear(slice_i, B_iᵀ, b_i) for each member."""
+    gm = emit.gm
+    first = group[0].node  # groups are in graph order
+    pairs = [prepared[c.node] for c in group]
+    key = "+".join(c.name for c in group)
+    try:
+        with gm.graph.inserting_before(first):
+            a_cat = emit.installer.node(f"{key}.A", torch.cat([A for A, _ in pairs], dim=1).contiguous(), first)
+            shared = emit.call(aten.matmul.default, (group[0].info["input"], a_cat), first)
+        offset = 0
+        replacements = []
+        for cand, (A, B) in zip(group, pairs):
+            rank = A.shape[1]
+            with gm.graph.inserting_before(cand.node):
+                part = emit.call(aten.slice.Tensor, (shared, -1, offset, offset + rank), cand.node)
+                bt = emit.installer.node(f"{cand.name}.Bt", B.T.contiguous(), cand.node)
+                replacements.append(emit.call(aten.linear.default, (part, bt, _bias(cand)), cand.node))
+            offset += rank
+    except Exception as err:  # noqa: BLE001
+        raise RewriteError(first.name, f"fusing {[c.name for c in group]} failed: {err}") from err
+    for cand, new in zip(group, replacements):
+        cand.node.replace_all_uses_with(new)
+        gm.graph.erase_node(cand.node)

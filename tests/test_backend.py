@@ -1,0 +1,257 @@
+"""backend="panther": Inductor hand-off, equality with sketch_model and Inductor, fallback,
+options, entry-point discovery, training graphs, dynamic shapes, HF architectures.
+
+Inductor compiles are slow on 2 cores, so models are tiny and each test compiles little.
+"""
+
+import copy
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import panther as pr
+import panther.backend as backend_mod
+from panther.backend import panther_backend
+from panther.passes import factors as factors_mod
+
+
+class MLP(nn.Module):
+    def __init__(self, d=64, h=128):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, h), nn.Linear(h, d)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class ResNetish(nn.Module):
+    """conv-bn-relu stem, one residual block, pooled linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.conv1 = nn.Conv2d(32, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = F.relu(h + self.conv2(F.relu(self.conv1(h))))
+        return self.head(h.mean((2, 3)))
+
+
+def compiled(model, options=None, **kwargs):
+    return torch.compile(model, backend="panther", options=options, **kwargs) if options is not None \
+        else torch.compile(model, backend="panther", **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings():
+    backend_mod._warned.clear()
+    yield
+
+
+def test_fixed_plan_equals_sketch_model_with_report_and_saved_plan(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = MLP().eval()
+    x = torch.randn(2, 7, 64)
+    path = tmp_path / "plan.json"
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
+    with torch.no_grad():
+        out = compiled(model, {**opts, "report": True, "save_plan": str(path)}, fullgraph=True)(x)
+        ref = pr.sketch_model(copy.deepcopy(model), options=opts)(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    table = capsys.readouterr().out
+    assert "| fc1" in table and "sketch L=1 k=8 svd" in table and "2.67x" in table  # 64*128 / (16*192)
+    saved = pr.Plan.load(path)
+    assert saved.get("fc1") == pr.SketchSpec(1, 8, "svd") and set(saved.entries) == {"fc1", "fc2"}
+    rep = pr.report(model, x, options={"plan": str(path)})  # the saved plan, reused (no compile)
+    assert [r["decision"] for r in rep.rows] == ["sketch L=1 k=8 svd"] * 2
+    assert "fc2" in str(rep)
+
+
+def test_all_dense_plan_equals_inductor_bitwise():
+    torch.manual_seed(0)
+    model = ResNetish().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        out = compiled(model, {"plan": {}}, fullgraph=True)(x)
+        torch.compiler.reset()
+        ref = torch.compile(model, backend="inductor", fullgraph=True)(x)
+    assert torch.equal(out, ref)
+
+
+def test_conv_model_fixed_plan_equals_sketch_model():
+    torch.manual_seed(0)
+    model = ResNetish().eval()
+    x = torch.randn(2, 3, 8, 8)
+    opts = {"num_terms": 1, "low_rank": 4, "init": "sketch", "seed": 2}
+    with torch.no_grad():
+        out = compiled(model, opts, fullgraph=True)(x)
+        swapped = pr.sketch_model(copy.deepcopy(model), options=opts)
+        ref = swapped(x)
+    assert isinstance(swapped.conv1, pr.nn.SKConv2d) and isinstance(swapped.stem[0], pr.nn.SKConv2d)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_rewrite_failure_falls_back_to_inductor_with_one_warning(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("synthetic failure")
+
+    monkeypatch.setattr("panther.passes.rewrite.linear_factors", broken)
+    torch.manual_seed(0)
+    model = MLP().eval()
+    x = torch.randn(3, 64)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = compiled(model, {"num_terms": 1, "low_rank": 8})(x)
+    ours = [w for w in caught if "panther" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in ours]
+    message = str(ours[0].message)
+    assert "node 'linear'" in message and "'fc1'" in message and "synthetic failure" in message
+    assert "plain Inductor" in message
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)  # dense, not wrong
+
+
+def test_fallback_false_raises_and_bad_options_are_rejected(monkeypatch):
+    model = MLP().eval()
+    x = torch.randn(3, 64)
+    with pytest.raises(Exception, match=r"(?s)unknown panther option.*valid options.*rank_ratio"):
+        compiled(model, {"num_term": 1})(x)
+    torch.compiler.reset()
+    with pytest.raises(Exception, match="init must be one of"):
+        compiled(model, {"num_terms": 1, "low_rank": 4, "init": "pca"})(x)
+    torch.compiler.reset()
+    monkeypatch.setattr("panther.passes.rewrite.linear_factors",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("synthetic failure")))
+    with torch.no_grad(), pytest.raises(Exception, match="synthetic failure"):
+        compiled(model, {"num_terms": 1, "low_rank": 8, "fallback": False})(x)
+
+
+def test_entry_point_discovery_without_importing_panther():
+    script = textwrap.dedent("""
+        import sys, torch
+        listed = "panther" in torch._dynamo.list_backends()
+        assert "panther" not in sys.modules
+        m = torch.nn.Sequential(torch.nn.Linear(32, 32)).eval()
+        x = torch.randn(4, 32)
+        with torch.no_grad():
+            y = torch.compile(m, backend="panther", options={"plan": {}})(x)
+            ok = torch.allclose(y, m(x), atol=1e-6)
+        print(listed, ok, "panther.backend" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-3:] == ["True", "True", "True"]
+
+
+def test_compiled_code_reused_with_other_weights_stays_correct():
+    torch.manual_seed(0)
+    a, b = MLP().eval(), MLP().eval()
+    x = torch.randn(3, 64)
+    opts = {"num_terms": 1, "low_rank": 8}
+    with torch.no_grad():
+        out_a = compiled(a, opts)(x)
+        torch.testing.assert_close(out_a, pr.sketch_model(copy.deepcopy(a), options=opts)(x), rtol=1e-5, atol=1e-6)
+        # Dynamo reuses a's compiled code for b (parameters are graph inputs): a's factors must not be used
+        with pytest.warns(UserWarning, match="other than those its sketch factors"):
+            out_b = compiled(b, opts)(x)
+        torch.testing.assert_close(out_b, b(x), rtol=1e-5, atol=1e-6)
+        a.fc1.weight.mul_(2)  # an in-place update makes the factors stale too
+        torch.testing.assert_close(compiled(a, opts)(x), a(x), rtol=1e-5, atol=1e-6)
+
+
+def test_training_graph_is_not_rewritten():
+    model = MLP()  # weights require grad, grad enabled: a training graph
+    seen = {}
+
+    def spy(gm, example_inputs, **_):
+        seen["cands"], seen["plan"] = backend_mod.analyse(gm, example_inputs, pr.passes.parse_options(
+            {"num_terms": 1, "low_rank": 8}))
+        return gm.forward
+
+    with pytest.warns(UserWarning, match="sketch_model"):
+        torch.compile(model, backend=spy)(torch.randn(3, 64))
+    assert seen["plan"].sketched() == {} and {c.name for c in seen["cands"]} == {"fc1", "fc2"}
+
+
+def test_panther_layers_already_in_the_model_compile_as_they_are():
+    torch.manual_seed(0)
+    model = pr.sketch_model(MLP(), options={"num_terms": 1, "low_rank": 8, "init": "sketch"})
+    x = torch.randn(3, 64)
+    rep = pr.report(model, x, options={"num_terms": 1, "low_rank": 4})
+    assert [r["kind"] for r in rep.rows] == ["panther", "panther"]
+    assert all(r["decision"].startswith("kept: already a panther op") for r in rep.rows)
+
+
+def test_dynamic_shapes_do_not_recompute_factors_or_recompile():
+    torch.manual_seed(0)
+    model = MLP().eval()
+    calls = []
+
+    def counting(gm, example_inputs, **kwargs):
+        calls.append(1)
+        return panther_backend(gm, example_inputs, **kwargs)
+
+    opts = {"options": {"num_terms": 1, "low_rank": 8, "seed": 1}}
+    before = factors_mod.stats["computed"]
+    fn = torch.compile(model, backend=lambda gm, ex: counting(gm, ex, **opts), dynamic=True)
+    with torch.no_grad():
+        outs = {n: fn(torch.randn(n, 5, 64)) for n in (2, 3, 6)}
+    assert len(calls) == 1  # one graph for every batch size
+    assert factors_mod.stats["computed"] - before == 2  # fc1, fc2 once
+    # automatic dynamic (the default): the recompile for a new size reuses the factors
+    torch.compiler.reset()
+    fn = torch.compile(model, backend=lambda gm, ex: counting(gm, ex, **opts))
+    with torch.no_grad():
+        for n in (2, 3):
+            torch.testing.assert_close(fn(torch.randn(n, 5, 64)).shape, outs[n].shape)
+    assert len(calls) == 3 and factors_mod.stats["computed"] - before == 2
+
+
+transformers = pytest.importorskip("transformers")
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=64, n_layer=2, n_head=2, n_positions=32,
+                                  attn_implementation="sdpa", bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2Model(cfg).eval()
+
+
+def _bert():
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=128, max_position_embeddings=32, attn_implementation="sdpa")
+    return transformers.BertModel(cfg).eval()
+
+
+@pytest.mark.parametrize("make", [_gpt2, _bert], ids=["gpt2-conv1d-addmm", "bert-sdpa"])
+def test_hf_models_fixed_plan_equals_sketch_model(make):
+    torch.manual_seed(0)
+    model = make()
+    ids = torch.randint(0, 64, (2, 12))
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 5}
+    rep = pr.report(model, ids, options=opts)
+    sketched = [r["layer"] for r in rep.rows if r["decision"].startswith("sketch")]
+    assert len(sketched) >= 8, rep  # every projection and MLP linear of both layers
+    with torch.no_grad():
+        out = compiled(model, opts, fullgraph=True)(ids).last_hidden_state
+        ref = pr.sketch_model(copy.deepcopy(model), options=opts)(ids).last_hidden_state
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_hf_bert_all_dense_equals_inductor():
+    torch.manual_seed(0)
+    model = _bert()
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        out = compiled(model, {"plan": {}}, fullgraph=True)(ids).last_hidden_state
+        torch.compiler.reset()
+        ref = torch.compile(model, backend="inductor", fullgraph=True)(ids).last_hidden_state
+    assert torch.equal(out, ref)

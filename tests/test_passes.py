@@ -1,0 +1,324 @@
+"""panther.passes: candidates, eligibility, planning, rewrite and fusion on real Dynamo and export graphs.
+
+Graphs are captured with a backend that runs the passes and then the graph eagerly (no
+Inductor), so these tests are fast; tests/test_backend.py covers the Inductor path.
+"""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import panther as pr
+from panther.factors import svd_factors
+from panther.factors.asvd import asvd_factors
+from panther.passes import (DynamoResolver, apply_plan, find_candidates, layer_seed, make_plan, parse_options)
+from panther.passes.naming import module_path, param_fqn_from_source
+
+
+class MLP(nn.Module):
+    def __init__(self, d=64, h=128):
+        super().__init__()
+        self.fc1, self.fc2, self.tiny = nn.Linear(d, h), nn.Linear(h, d), nn.Linear(d, 2)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x))), self.tiny(x)
+
+
+class QKV(nn.Module):
+    """q/k/v projections of one input (fusable), attention by SDPA, an output projection."""
+
+    def __init__(self, d=64, heads=2, causal=False):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.heads, self.causal = heads, causal
+
+    def forward(self, x, mask=None):
+        B, N, d = x.shape
+        q, k, v = (p(x).view(B, N, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal)
+        return self.o(a.transpose(1, 2).reshape(B, N, d))
+
+
+class Capture:
+    """A Dynamo backend running the passes, keeping the graph, then running it eagerly."""
+
+    def __init__(self, options=None, rewrite=True):
+        self.options, self.rewrite = parse_options(options), rewrite
+        self.graphs, self.candidates, self.plans = [], [], []
+
+    def __call__(self, gm, example_inputs, **_):
+        cands = find_candidates(gm, DynamoResolver(gm, example_inputs))
+        plan = make_plan(cands, example_inputs, self.options)
+        if self.rewrite:
+            apply_plan(gm, cands, plan, seed=self.options.seed, fuse=self.options.fuse, example_inputs=example_inputs)
+        self.graphs.append(gm)
+        self.candidates.append(cands)
+        self.plans.append(plan)
+        return gm.forward
+
+
+def run(model, *args, options=None, rewrite=True):
+    cap = Capture(options, rewrite)
+    with torch.no_grad():
+        out = torch.compile(model, backend=cap, fullgraph=True)(*args)
+    return out, cap
+
+
+def node_signature(node, rename=None):
+    """op, target and arguments (nodes by name, ``rename`` mapping replaced nodes to their old names)."""
+    rename = rename or {}
+    name = lambda a: rename.get(a.name, a.name) if isinstance(a, torch.fx.Node) else a  # noqa: E731
+    return (node.op, node.target, str(torch.fx.node.map_aggregate(node.args, name)),
+            str(torch.fx.node.map_aggregate(node.kwargs, name)))
+
+
+def targets_of(gm):
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def test_naming_from_dynamo_sources_and_module_stacks():
+    class Src:
+        def __init__(self, name):
+            self.name = name
+
+    assert param_fqn_from_source(Src("L['self']._modules['enc']._modules['0']._parameters['weight']")) == "enc.0.weight"
+    assert param_fqn_from_source(Src("L['self']._modules['m']._buffers['w']")) == "m.w"
+    assert param_fqn_from_source(Src("L['x']")) is None
+    assert param_fqn_from_source(Src("L['self']._parameters['w'].T")) is None  # a derived tensor, not the param
+    assert module_path("L['self'].layers[0].attn") == "layers.0.attn"
+    assert module_path("L['self'].layers.0.fc1") == "layers.0.fc1"
+    assert module_path("L['self']") == ""
+    assert layer_seed(0, "fc1") == layer_seed(0, "fc1") != layer_seed(0, "fc2") != layer_seed(1, "fc2")
+
+
+def test_candidates_names_and_eligibility():
+    _, cap = run(MLP().eval(), torch.randn(3, 64), rewrite=False)
+    by_name = {c.name: c for c in cap.candidates[0]}
+    assert set(by_name) == {"fc1", "fc2", "tiny"}
+    assert all(c.eligible and c.kind == "linear" for c in by_name.values())
+    assert by_name["fc1"].info["in_features"] == 64 and by_name["fc1"].info["out_features"] == 128
+
+
+def test_ineligible_nodes_reasons():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(16, 16))
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x, other, img, mask):
+            a = F.linear(x, other)  # weight is an input, not a parameter
+            b = self.w @ x.T  # parameter on the left
+            c = torch.addmm(x[0], x, self.w, beta=0.5)  # scaled addmm
+            q = x.view(1, 2, 8, 16)
+            d = F.scaled_dot_product_attention(q, q, q, attn_mask=mask)  # a mask tensor
+            e = self.conv(img[0])  # unbatched conv input
+            return a, b, c, d, e
+
+    args = (torch.randn(16, 16), torch.randn(16, 16), torch.randn(1, 3, 8, 8), torch.ones(8, 8, dtype=torch.bool))
+    _, cap = run(Odd(), *args, options={"num_terms": 1, "low_rank": 1, "kinds": ["linear", "conv2d", "attention"]})
+    reasons = {c.node.name: c.reason for c in cap.candidates[0]}
+    assert not any(c.eligible for c in cap.candidates[0])
+    joined = " | ".join(reasons.values())
+    for expected in ("not a module parameter", "on the left", "beta or alpha", "attn_mask", "4-D batched"):
+        assert expected in joined, (expected, reasons)
+
+
+def test_ineligible_and_dense_nodes_stay_exactly_as_they_were():
+    model = MLP().eval()
+    x = torch.randn(3, 64)
+    _, before = run(model, x, rewrite=False)
+    torch.compiler.reset()
+    _, after = run(model, x, options={"plan": {"fc1": {"num_terms": 1, "low_rank": 8}}})
+    rewritten = {c.node.name for c in before.candidates[0] if c.name == "fc1"}
+    (replacement,) = [n for n in after.graphs[0].graph.nodes if n.target is torch.ops.panther.lowrank_linear.default]
+    old = {n.name: node_signature(n) for n in before.graphs[0].graph.nodes}
+    new = {n.name: node_signature(n, {replacement.name: next(iter(rewritten))}) for n in after.graphs[0].graph.nodes}
+    assert rewritten and all(name not in new for name in rewritten)
+    for name, sig in old.items():
+        if name not in rewritten:
+            assert new[name] == sig, name  # fc2, tiny, gelu, placeholders, output: untouched
+    assert torch.ops.panther.lowrank_linear.default in targets_of(after.graphs[0])
+
+
+def test_fixed_plan_skips_nodes_where_sketching_cannot_win():
+    _, cap = run(MLP().eval(), torch.randn(3, 64), options={"num_terms": 1, "low_rank": 8}, rewrite=False)
+    plan = cap.plans[0]
+    assert plan.get("fc1") == pr.SketchSpec(1, 8, "svd") and plan.get("fc2") == pr.SketchSpec(1, 8, "svd")
+    assert "tiny" in plan.entries and plan.get("tiny") is None  # 16*(64+2) > 64*2: listed, dense
+
+
+def test_rank_ratio_plan():
+    _, cap = run(MLP().eval(), torch.randn(3, 64), options={"rank_ratio": 0.25, "init": "sketch"}, rewrite=False)
+    assert cap.plans[0].get("fc1") == pr.SketchSpec(1, 8, "sketch")  # 0.25 * 64 / 2
+
+
+@pytest.mark.parametrize("init", ["sketch", "svd"])
+def test_rewritten_graph_equals_sketch_model(init):
+    torch.manual_seed(0)
+    model = MLP().eval()
+    x = torch.randn(2, 5, 64)
+    opts = {"num_terms": 2, "low_rank": 4, "init": init, "seed": 7}
+    out, _ = run(model, x, options=opts)
+    with torch.no_grad():
+        ref = pr.sketch_model(_copy_of(model), options=opts)(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def _copy_of(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_fusion_shares_one_product_and_matches_unfused():
+    torch.manual_seed(0)
+    model = QKV().eval()
+    x = torch.randn(2, 6, 64)
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
+    fused, cap = run(model, x, options=opts)
+    torch.compiler.reset()
+    unfused, cap2 = run(model, x, options={**opts, "fuse": False})
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
+    aten = torch.ops.aten
+    t_fused, t_unfused = targets_of(cap.graphs[0]), targets_of(cap2.graphs[0])
+    assert t_fused.count(aten.matmul.default) == 1  # x·[A_q A_k A_v]
+    assert t_fused.count(torch.ops.panther.lowrank_linear.default) == 1  # o reads another input
+    assert t_unfused.count(torch.ops.panther.lowrank_linear.default) == 4
+
+
+def test_attention_rewrite_equals_favor_with_the_same_features():
+    torch.manual_seed(0)
+    model = QKV(causal=True).eval()
+    x = torch.randn(2, 64, 64)  # 64 tokens: 16 features per head cost less than the 64x64 scores
+    out, cap = run(model, x, options={"num_terms": 1, "low_rank": 16, "kinds": ["attention"], "seed": 5})
+    assert torch.ops.panther.favor_attention.default in targets_of(cap.graphs[0])
+    (att,) = [c for c in cap.candidates[0] if c.kind == "attention"]
+    P = pr.passes.attention_projection(pr.SketchSpec(1, 16), 32, att.name, 5, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        q, k, v = (p(x).view(2, 64, 2, 32).transpose(1, 2) for p in (model.q, model.k, model.v))
+        a = torch.ops.panther.favor_attention(q, k, v, P, "softmax", True, None, 0)
+        ref = model.o(a.transpose(1, 2).reshape(2, 64, 64))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_conv_rewrite_equals_sketch_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding="same"), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2, groups=2))
+    model.eval()
+    x = torch.randn(2, 16, 10, 10)
+    opts = {"num_terms": 1, "low_rank": 4, "seed": 1}
+    out, cap = run(model, x, options=opts)
+    assert targets_of(cap.graphs[0]).count(torch.ops.panther.sketched_conv2d.default) == 2
+    with torch.no_grad():
+        ref = pr.sketch_model(_copy_of(model), options=opts)(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_plan_names_missing_from_the_graph_warn_and_ineligible_entries_stay_dense():
+    with pytest.warns(UserWarning, match="not in this graph.*nope"):
+        _, cap = run(MLP().eval(), torch.randn(3, 64),
+                     options={"plan": {"nope": {"num_terms": 1, "low_rank": 2}, "fc1": None}}, rewrite=False)
+    assert cap.plans[0].sketched() == {}
+
+
+def test_plan_json_roundtrip_through_options(tmp_path):
+    plan = pr.Plan({"fc1": pr.SketchSpec(1, 8, "sketch"), "fc2": None})
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    _, cap = run(MLP().eval(), torch.randn(3, 64), options={"plan": str(path)}, rewrite=False)
+    assert cap.plans[0].get("fc1") == pr.SketchSpec(1, 8, "sketch")
+    assert json.loads(path.read_text())["layers"]["fc2"] is None
+
+
+def test_export_ir_graph_is_rewritten_by_the_same_passes():
+    torch.manual_seed(0)
+    model = MLP().eval()
+    x = torch.randn(4, 64)
+    gm = torch.export.export(model, (x,)).module()  # aten.linear, parameters as get_attr
+    resolver = DynamoResolver(gm, ())
+    cands = find_candidates(gm, resolver)
+    assert {c.name for c in cands if c.eligible} == {"fc1", "fc2", "tiny"}
+    assert all(c.node.target is torch.ops.aten.linear.default for c in cands)
+    opts = parse_options({"num_terms": 1, "low_rank": 8, "init": "sketch"})
+    apply_plan(gm, cands, make_plan(cands, (x,), opts))
+    with torch.no_grad():
+        out = gm(x)
+        ref = pr.sketch_model(_copy_of(model), options={"num_terms": 1, "low_rank": 8, "init": "sketch"})(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_asvd_beats_svd_on_anisotropic_inputs():
+    torch.manual_seed(0)
+    W = torch.randn(48, 32, dtype=torch.float64)
+    scales = torch.logspace(0, -3, 32, dtype=torch.float64)  # inputs live mostly in a few directions
+    X = torch.randn(2000, 32, dtype=torch.float64) * scales
+    C = X.T @ X / X.shape[0]
+    errs = {}
+    for name, factors in (("svd", svd_factors(W, 1, 4)), ("asvd", asvd_factors(W, 1, 4, C))):
+        Y = torch.ops.panther.sketched_linear(X, *factors, None)
+        errs[name] = ((Y - X @ W.T).norm() / (X @ W.T).norm()).item()
+    assert errs["asvd"] < 0.5 * errs["svd"], errs
+    with pytest.raises(ValueError, match="second_moment"):
+        asvd_factors(W, 1, 4, C[:3])
+
+
+def test_asvd_calibrated_on_example_inputs_in_the_graph():
+    torch.manual_seed(0)
+    model = MLP().eval()
+    x = torch.randn(64, 64) * torch.logspace(0, -2, 64)
+    cap = Capture({"num_terms": 1, "low_rank": 8, "init": "asvd"})
+    from panther.backend import _second_moments
+
+    with torch.no_grad():
+        def backend(gm, ex, **_):
+            cands = find_candidates(gm, DynamoResolver(gm, ex))
+            plan = make_plan(cands, ex, cap.options)
+            apply_plan(gm, cands, plan, example_inputs=ex, second_moments=_second_moments(gm, ex, cands, plan))
+            return gm.forward
+
+        out = torch.compile(model, backend=backend, fullgraph=True)(x)
+        ref = pr.sketch_model(_copy_of(model), options={"num_terms": 1, "low_rank": 8, "init": "asvd"},
+                              calibration=[x])(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_options_validation():
+    with pytest.raises(ValueError, match=r"(?s)unknown panther option\(s\) \['num_term'\].*low_rank"):
+        parse_options({"num_term": 1})
+    with pytest.raises(ValueError, match="go together"):
+        parse_options({"num_terms": 1})
+    with pytest.raises(ValueError, match="one plan source"):
+        parse_options({"num_terms": 1, "low_rank": 2, "rank_ratio": 0.1})
+    with pytest.raises(ValueError, match="rank_ratio"):
+        parse_options({"rank_ratio": 1.5})
+    with pytest.raises(ValueError, match="init"):
+        parse_options({"init": "qr"})
+    with pytest.raises(ValueError, match="kinds"):
+        parse_options({"kinds": ["linear", "lstm"]})
+    with pytest.raises(TypeError, match="low_rank"):
+        parse_options({"num_terms": 1, "low_rank": 2.5})
+    with pytest.raises(TypeError, match="options must be a dict"):
+        parse_options([("num_terms", 1)])
+    assert parse_options(None).num_terms is None
+
+
+def test_tuner_hook_decides_the_plan(monkeypatch):
+    from panther.passes import options as options_mod, planning
+
+    seen = {}
+
+    def tuner(candidates, example_inputs, options):
+        seen["names"] = sorted(c.name for c in candidates)
+        seen["trials"] = options.extra["trials"]
+        return pr.Plan({"fc2": pr.SketchSpec(1, 4, "sketch")})
+
+    monkeypatch.setattr(planning, "_tuner", None)
+    monkeypatch.setattr(options_mod, "_tuner_keys", {})
+    planning.register_tuner(tuner, {"trials": "number of trials"})
+    _, cap = run(MLP().eval(), torch.randn(3, 64), options={"tune": True, "trials": 3}, rewrite=False)
+    assert seen == {"names": ["fc1", "fc2", "tiny"], "trials": 3}
+    assert cap.plans[0].sketched() == {"fc2": pr.SketchSpec(1, 4, "sketch")}
