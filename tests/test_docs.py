@@ -8,6 +8,8 @@ not run. A block that fails names its page and line.
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -72,7 +74,10 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
         assert blocks, f"{page.name} has no python examples"
     monkeypatch.chdir(tmp_path)  # examples that write files write them here
     torch.manual_seed(0)
-    namespace = {"__name__": f"docs_{page.stem}"}
+    # A real module, so torch.compile can resolve the examples' globals (torch 2.11 looks them up).
+    module = types.ModuleType(f"docs_{page.stem}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace = module.__dict__
     for line, code in blocks:
         try:
             exec(compile(code, f"<docs/{page.name} line {line}>", "exec"), namespace)
