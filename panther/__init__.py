@@ -6,9 +6,10 @@
 
 from . import ops  # loads the native op library first
 from . import linalg, nn, sketch
+from . import tuner
 from .backend import report
 from .plan import Plan, SketchSpec
 from .sketch_model import sketch_model
 
 __version__ = "0.2.0.dev0"
-__all__ = ["Plan", "SketchSpec", "linalg", "nn", "ops", "report", "sketch", "sketch_model"]
+__all__ = ["Plan", "SketchSpec", "linalg", "nn", "ops", "report", "sketch", "sketch_model", "tuner"]

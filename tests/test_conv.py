@@ -7,7 +7,6 @@ import tempfile
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.library import opcheck
 

@@ -17,8 +17,6 @@ tests skip, saying so, where that folder is absent.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import panther  # noqa: F401  (registers torch.ops.panther.*)
 
-SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
+from .seed_pages import code_blocks, seed_path
 
 # Warnings the pages trigger with oversized configurations (e.g. the FAQ's "aggressive" SKLinear
 # holds more sketch values than a dense weight): Panther's warning is correct, the page's
@@ -35,41 +33,6 @@ QUIET = [
     pytest.mark.filterwarnings("ignore:SKLinear.*saves neither:UserWarning"),
     pytest.mark.filterwarnings("ignore:SKConv2d.*costs at least as much:UserWarning"),
 ]
-
-
-def seed_path(prefix: str) -> Path:
-    if not SEEDS.is_dir():
-        pytest.skip(f"seed documentation folder {SEEDS} not found (expected beside the repository, "
-                    "as <repo>/../shared/seeds)")
-    found = sorted(SEEDS.glob(f"{prefix}_*.txt"))
-    if not found:
-        pytest.skip(f"seed page {prefix}_*.txt not found in {SEEDS}")
-    return found[0]
-
-
-def code_blocks(text: str) -> list[tuple[str, int, str]]:
-    """Every ``.. code-block:: <language>`` of a reStructuredText page: (language, line, code).
-
-    The body is the run of lines indented deeper than the directive (blank lines included),
-    dedented by its smallest indentation; ``line`` is the 1-based line of the directive.
-    """
-    lines = text.splitlines()
-    blocks, i = [], 0
-    while i < len(lines):
-        match = re.match(r"^(\s*)\.\. code-block::\s*(\S+)\s*$", lines[i])
-        if not match:
-            i += 1
-            continue
-        indent, language, start = len(match.group(1)), match.group(2), i + 1
-        i += 1
-        body = []
-        while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > indent):
-            body.append(lines[i])
-            i += 1
-        depth = min((len(ln) - len(ln.lstrip()) for ln in body if ln.strip()), default=0)
-        code = "\n".join(ln[depth:] for ln in body).strip("\n") + "\n"
-        blocks.append((language, start, code))
-    return blocks
 
 
 def python_blocks(prefix: str) -> list[tuple[int, str]]:

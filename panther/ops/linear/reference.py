@@ -5,7 +5,6 @@ Slow on purpose (4L products): tests compare the fused ops against these in floa
 
 from __future__ import annotations
 
-import torch
 
 
 def sketched_linear_reference(x, S1s, S2s, U1s, U2s, bias=None):
