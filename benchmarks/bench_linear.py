@@ -39,9 +39,13 @@ def layer_pair(d_in, d_out, L, k, dtype, device):
     return sk, tr
 
 
-def fwd_bwd(fn, x, g):
+def fwd_bwd(module, x, g):
+    """One training step's forward and backward; gradients are set to None first, as
+    ``optimizer.zero_grad()`` does, so no step pays for accumulating into old gradients."""
     def step():
-        fn(x).backward(g)
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).backward(g)
     return step
 
 
