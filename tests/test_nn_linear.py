@@ -284,3 +284,18 @@ def test_triton_path_compiles_and_matches_eager():
     compiled = torch.compile(layer, fullgraph=True)
     for y in (layer(x), compiled(x)):
         assert ((y.float() - ref(x).float()).norm() / ref(x).float().norm()).item() < 2e-2
+
+
+def test_triton_layer_uses_the_triton_op_for_inference_and_the_cpp_op_for_training():
+    layer = pr.nn.SKLinear_triton(32, 16, 1, 4)
+    x = torch.randn(5, 32)
+
+    def ops_called(fn):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+        return {e.name for e in prof.events() if e.name.startswith("panther::")}
+
+    with torch.no_grad():
+        assert "panther::sketched_linear_triton" in ops_called(lambda: layer(x))
+    called = ops_called(lambda: layer(x).sum().backward())
+    assert "panther::sketched_linear" in called and "panther::sketched_linear_triton" not in called

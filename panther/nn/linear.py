@@ -144,8 +144,10 @@ class SKLinear_triton(SKLinear):
     between the two). On CUDA the forward runs Triton kernels (a split-K projection, then
     a fused scale-and-bias expansion) where they measured faster than cuBLAS (at least
     8192 rows and num_terms·low_rank ≤ 16, see ``ops.linear.triton_kernels.preferred``);
-    elsewhere, and on other devices, it runs SKLinear's two-GEMM op. The backward is
-    SKLinear's on every device.
+    elsewhere, and on other devices, it runs SKLinear's two-GEMM op. When autograd
+    records the call (training) it runs SKLinear's op too: the Triton op's Python
+    autograd path measured up to 1.8x slower for forward+backward (BENCHMARKS.md), so the
+    Triton kernels serve inference.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -154,4 +156,7 @@ class SKLinear_triton(SKLinear):
         super().__init__(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.panther.sketched_linear_triton(x, self.S1s, self.S2s, self.U1s, self.U2s, self.bias)
+        args = (x, self.S1s, self.S2s, self.U1s, self.U2s, self.bias)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+            return torch.ops.panther.sketched_linear(*args)
+        return torch.ops.panther.sketched_linear_triton(*args)
