@@ -145,3 +145,36 @@ def test_backend_tune_budget_zero_is_dense():
     with torch.no_grad():
         y = torch.compile(model, backend="panther", options={"tune": True, "max_error": 0.0})(x)
         torch.testing.assert_close(y, model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_backend_tune_calibration_batches_drive_the_search():
+    model = mlp()
+    x = batches((32, 128), 1, 3)[0]
+    calib = [[b] for b in batches((32, 128), 2, 5)]
+    options = {"tune": True, "max_error": 0.05, "trials": 5, "calibration": calib}
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="panther", options=options)
+        compiled(x)
+        for (b,) in calib:  # the budget holds on the calibration batches it was tuned on
+            ref = model(b)
+            assert float((compiled(b) - ref).norm() / ref.norm()) <= 0.05
+    torch.compiler.reset()
+    bad = {"tune": True, "max_error": 0.05, "trials": 2, "calibration": [[x, x]], "fallback": False}
+    with torch.no_grad(), pytest.raises(Exception, match="option calibration: each entry must hold the model's 1"):
+        torch.compile(model, backend="panther", options=bad)(x)
+
+
+def test_stored_search_is_reused_only_for_the_same_weights(tmp_path):
+    from panther.tuner.backend_hook import weights_fingerprint
+
+    class Cand:
+        def __init__(self, name, param):
+            self.name, self.param = name, param
+
+    w = torch.randn(64, 32)
+    same = weights_fingerprint([Cand("fc", w.clone())])
+    assert weights_fingerprint([Cand("fc", w)]) == same
+    w2 = w.clone()
+    w2[3, 5] += 1e-3
+    assert weights_fingerprint([Cand("fc", w2)]) != same  # retrained weights: a new study
+    assert weights_fingerprint([Cand("other", w)]) != same

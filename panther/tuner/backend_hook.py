@@ -2,13 +2,16 @@
 
 Registered with ``panther.passes.register_tuner`` when ``panther.tuner`` is imported. For
 each graph the backend hands over its candidate nodes; every candidate plan is applied to a
-copy of the graph (``panther.passes.apply_plan``) and run on the calibration inputs, and its
-output error against the dense graph drives :func:`search_plan`.
+copy of the graph (``panther.passes.apply_plan``) and run on the calibration inputs (option
+``calibration``, else the compile's example inputs), and its output error against the dense
+graph drives :func:`search_plan`. With ``storage``, a finished search is reused only for the
+same graph, options and weights (``weights_fingerprint``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import torch
 from torch import fx
@@ -22,6 +25,8 @@ OPTION_KEYS = {
     "trials": "tune: plan evaluations in the Optuna phase (default 30)",
     "storage": "tune: Optuna storage URL or journal file path; an interrupted search resumes, a finished one is reused",
     "objective": "tune: cost to minimise: 'flops' (default), 'memory' or 'latency'",
+    "calibration": "tune: list of input tuples (the model's own tensor inputs, in order) whose output error "
+                   "drives the search (default: the compile's example inputs)",
     "holdout": "tune: list of input tuples (the model's own tensor inputs, in order), used to confirm the plan",
     "tune_inits": "tune: inits to consider per node, e.g. ['svd', 'sketch'] (default: [options init])",
     "tune_verbose": "tune: print the search summary table",
@@ -54,7 +59,7 @@ def _outputs(value):
     return []
 
 
-def _graph_inputs(gm, example_inputs, user_inputs):
+def _graph_inputs(gm, example_inputs, user_inputs, option: str):
     """The graph's inputs with the user's tensors in the slots of the model's own inputs
     (Dynamo also passes parameters and buffers as inputs: those keep their example values)."""
     if isinstance(user_inputs, torch.Tensor):
@@ -65,12 +70,27 @@ def _graph_inputs(gm, example_inputs, user_inputs):
              if isinstance(example_inputs[i], torch.Tensor) and "_parameters_" not in n.name
              and "_buffers_" not in n.name]
     if len(slots) != len(user_inputs):
-        raise ValueError(f"option holdout: each entry must hold the model's {len(slots)} tensor input(s), got "
+        raise ValueError(f"option {option}: each entry must hold the model's {len(slots)} tensor input(s), got "
                          f"{len(user_inputs)}")
     inputs = list(example_inputs)
     for i, value in zip(slots, user_inputs):
         inputs[i] = value
     return inputs
+
+
+def weights_fingerprint(candidates) -> str:
+    """A digest of the candidates' names, shapes and weights, so that a stored search is reused
+    only for the same weights. Large weights are sampled (every n-th value, at most 65536 of
+    them) and their float64 sum is included, which changes with any real retraining."""
+    digest = hashlib.sha1()
+    for cand in candidates:
+        digest.update(cand.name.encode())
+        if cand.param is None:
+            continue
+        flat = cand.param.detach().reshape(-1)
+        digest.update(f"{tuple(cand.param.shape)}{cand.param.dtype}{float(flat.double().sum())!r}".encode())
+        digest.update(flat[:: max(1, flat.numel() // 65536)].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _node_of(cand) -> PlanNode:
@@ -92,9 +112,11 @@ def tune_graph(candidates, example_inputs, options) -> Plan:
     if not eligible:
         return Plan({c.name: None for c in candidates if c.eligible})
     gm = eligible[0].node.graph.owning_module
-    batches = [list(example_inputs)]
+    calibration = extra.get("calibration")
+    batches = ([_graph_inputs(gm, example_inputs, b, "calibration") for b in calibration] if calibration
+               else [list(example_inputs)])
     refs = [_outputs(gm(*b)) for b in batches]
-    holdout = [_graph_inputs(gm, example_inputs, b) for b in extra.get("holdout") or []]
+    holdout = [_graph_inputs(gm, example_inputs, b, "holdout") for b in extra.get("holdout") or []]
     held_refs = [_outputs(gm(*b)) for b in holdout]
 
     def error_on(inputs, references):
@@ -113,7 +135,8 @@ def tune_graph(candidates, example_inputs, options) -> Plan:
     result = search_plan([_node_of(c) for c in eligible], error_on(batches, refs),
                          max_error=float(extra.get("max_error", 0.01)), trials=int(extra.get("trials", 30)),
                          cost=extra.get("objective", "flops"), storage=extra.get("storage"), inits=inits,
-                         holdout=error_on(holdout, held_refs) if holdout else None, seed=options.seed)
+                         holdout=error_on(holdout, held_refs) if holdout else None, seed=options.seed,
+                         fingerprint=weights_fingerprint(eligible))
     if extra.get("tune_verbose"):
         print(result.summary())
     return Plan({**{c.name: None for c in candidates if c.eligible}, **result.plan.entries})
