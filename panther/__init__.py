@@ -8,8 +8,10 @@ from . import ops  # loads the native op library first
 from . import linalg, nn, sketch
 from . import tuner
 from .backend import report
+from .exporting import export, package
 from .plan import Plan, SketchSpec
 from .sketch_model import sketch_model
 
 __version__ = "0.2.0.dev0"
-__all__ = ["Plan", "SketchSpec", "linalg", "nn", "ops", "report", "sketch", "sketch_model", "tuner"]
+__all__ = ["Plan", "SketchSpec", "export", "linalg", "nn", "ops", "package", "report", "sketch", "sketch_model",
+           "tuner"]

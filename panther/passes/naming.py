@@ -44,9 +44,13 @@ def param_fqn_from_source(source) -> str | None:
 
 
 def module_path(stack_path: str) -> str:
-    """An nn_module_stack path (``L['self'].layers[0].attn``) as a named_modules name (``layers.0.attn``)."""
-    root = re.match(r"^[A-Za-z_]*\['[^']*'\]|^[A-Za-z_][A-Za-z_0-9]*", stack_path)
-    rest = stack_path[root.end():] if root else stack_path
+    """An nn_module_stack path (``L['self'].layers[0].attn``) as a named_modules name (``layers.0.attn``).
+
+    Dynamo's paths start at a root (``L['self']``, ``self``, ``L__self__``); torch.export's are
+    already qualified names (``encoder.layer.0``), whose first segment is a real submodule.
+    """
+    root = re.match(r"^[A-Za-z_]*\['[^']*'\]|^(?:self|L__self__)(?![A-Za-z_0-9])", stack_path)
+    rest = stack_path[root.end():] if root else "." + stack_path
     rest = re.sub(r"\._modules\['([^']*)'\]", r".\1", rest)
     return ".".join(a or b or c for a, b, c in _PATH_SEGMENT.findall(rest))
 
