@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 
-.PHONY: install build test bench clean
+.PHONY: install build demo test bench clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q numpy networkx tabulate optuna scipy "pytest>=8" pytest-xdist "triton>=3.1" transformers matplotlib pandas psutil joblib
+	$(PY) -m pip install -q numpy networkx tabulate optuna scipy "pytest>=8" pytest-xdist "triton>=3.1" transformers matplotlib pandas psutil joblib scikit-learn
 	touch $@
 
 # The op library (panther/_C*.so), rebuilt when a native source changes.
@@ -22,6 +22,10 @@ $(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
 
 install: $(VENV)/.built
 build: $(VENV)/.built
+
+# The main job: train, sketch, tune, compile and export a model on scikit-learn's digits (CPU, < 3 min).
+demo: $(VENV)/.built
+	$(PY) -m panther demo
 
 test: $(VENV)/.built
 	$(PY) -m pytest -q -n 2 tests
