@@ -19,7 +19,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
 
 # The pages this test owns; other pages in docs/ are collected too (every example runs).
-REQUIRED = ["index.md", "layers.md", "linalg.md", "ops.md", "sketch.md"]
+REQUIRED = ["compile.md", "export.md", "index.md", "layers.md", "linalg.md", "ops.md", "sketch.md", "tuner.md"]
 
 FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>```+|~~~+)\s*(?P<info>[^\s`]*)[^`]*$")
 
