@@ -223,20 +223,22 @@ def test_float64_reference_for_a_trained_step():
         torch.testing.assert_close(p, ref[n] - 0.1 * ref[n].grad)
 
 
-def _ddp_worker(rank, world, port, results):
+def _ddp_worker(rank, world, port, backend, results):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     torch.manual_seed(rank)  # different seeds per rank: DDP must broadcast rank 0's state
-    layer = pr.nn.SKLinear(16, 8, 1, 4)
-    model = nn.parallel.DistributedDataParallel(layer)
+    layer = pr.nn.SKLinear(16, 8, 1, 4, device=device)
+    model = nn.parallel.DistributedDataParallel(layer, device_ids=[rank] if backend == "nccl" else None)
     x = torch.randn(6, 16, generator=torch.Generator().manual_seed(100 + rank))
-    model(x).square().sum().backward()
-    results[rank] = {k: v.clone() for k, v in layer.state_dict().items()} | {"grad": layer.S1s.grad.clone(), "x": x}
+    model(x.to(device)).square().sum().backward()
+    state = {k: v.detach().cpu().clone() for k, v in layer.state_dict().items()}
+    results[rank] = state | {"grad": layer.S1s.grad.cpu().clone(), "x": x}
     dist.destroy_process_group()
 
 
-def test_ddp_two_processes_share_sketches_and_average_gradients():
+def _check_ddp(backend):
     import socket
 
     import torch.multiprocessing as mp
@@ -245,7 +247,7 @@ def test_ddp_two_processes_share_sketches_and_average_gradients():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, port, backend, results), nprocs=2, join=True)
     r0, r1 = results[0], results[1]
     for key in ("U1s", "U2s", "S1s", "S2s", "bias"):
         assert torch.equal(r0[key], r1[key]), key
@@ -254,6 +256,16 @@ def test_ddp_two_processes_share_sketches_and_average_gradients():
     single(torch.cat([r0["x"], r1["x"]])).square().sum().backward()
     torch.testing.assert_close(r0["grad"], single.S1s.grad / 2)  # DDP averages over 2 ranks
     torch.testing.assert_close(r1["grad"], r0["grad"])
+
+
+def test_ddp_two_processes_share_sketches_and_average_gradients():
+    _check_ddp("gloo")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_ddp_two_gpus_nccl():
+    _check_ddp("nccl")
 
 
 @pytest.mark.gpu
