@@ -14,12 +14,7 @@ import torch
 from . import checks
 from .op import backward, setup_context
 
-try:
-    import triton  # noqa: F401
-
-    triton_available = True
-except ImportError:  # CPU-only installs may lack triton; the layer then uses the C++ op.
-    triton_available = False
+from .._triton import triton_available
 
 favor_attention_triton = None
 

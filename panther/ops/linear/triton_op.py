@@ -16,12 +16,7 @@ import torch
 from . import checks
 from .op import setup_sketched, sketched_linear_backward
 
-try:
-    import triton  # noqa: F401
-
-    triton_available = True
-except ImportError:  # CPU-only installs may lack triton; SKLinear_triton then says so.
-    triton_available = False
+from .._triton import triton_available
 
 sketched_linear_triton = None
 

@@ -13,12 +13,7 @@ import torch
 
 from . import checks
 
-try:
-    import triton  # noqa: F401
-
-    triton_available = True
-except ImportError:  # CPU-only installs may lack triton: panther.sketch then uses the C++ ops.
-    triton_available = False
+from .._triton import triton_available
 
 sparse_sketch_apply_triton = sparse_sketch_apply_t_triton = fwht_triton = None
 
