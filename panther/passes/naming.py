@@ -8,6 +8,8 @@ turns such a node into (qualified parameter name, real tensor).
 
 from __future__ import annotations
 
+import abc
+
 import re
 
 import torch
@@ -70,11 +72,11 @@ def enclosing_module(node: fx.Node) -> str:
     return module_path(str(path))
 
 
-class ParamResolver:
+class ParamResolver(abc.ABC):
     """Maps parameter-like nodes to (qualified name, real tensor); None for anything else."""
 
-    def resolve(self, node) -> tuple[str, torch.Tensor] | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def resolve(self, node) -> tuple[str, torch.Tensor] | None: ...
 
 
 class DynamoResolver(ParamResolver):
