@@ -311,3 +311,17 @@ def test_triton_layer_uses_the_triton_op_for_inference_and_the_cpp_op_for_traini
         assert "panther::sketched_linear_triton" in ops_called(lambda: layer(x))
     called = ops_called(lambda: layer(x).sum().backward())
     assert "panther::sketched_linear" in called and "panther::sketched_linear_triton" not in called
+
+
+def test_svd_factors_follow_in_place_weight_changes():
+    """svd_factors caches SVDs per weight; an in-place update must not reuse a stale one."""
+    from panther.factors import svd_factors
+
+    lin = nn.Linear(24, 16, dtype=torch.float64)
+    x = torch.randn(5, 24, dtype=torch.float64)
+    for _ in range(2):
+        S1s, S2s, U1s, U2s = svd_factors(lin.weight, 1, 8)  # rank 16 = full: exact
+        y = pr.ops.linear.sketched_linear_reference(x, S1s, S2s, U1s, U2s)
+        torch.testing.assert_close(y, x @ lin.weight.detach().T, rtol=1e-10, atol=1e-10)
+        with torch.no_grad():
+            lin.weight.mul_(2.0).add_(0.1)

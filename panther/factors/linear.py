@@ -13,6 +13,9 @@ S2s [L, k, out] learned and U1s [L, k, out], U2s [L, in, k] fixed. Two ways to s
 
 from __future__ import annotations
 
+import collections
+import weakref
+
 import torch
 
 from ..sketch import scaled_sign_sketch
@@ -26,6 +29,26 @@ def _check_weight(weight: torch.Tensor) -> None:
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# The tuner asks for factors of the same weight at many ranks: keep the last few SVDs. An entry
+# is valid only for the same tensor (weak reference), storage, version and work dtype.
+_SVD_CACHE: collections.OrderedDict = collections.OrderedDict()
+_SVD_CACHE_SIZE = 4
+
+
+def _thin_svd(weight: torch.Tensor, work: torch.dtype):
+    """P, s, Qh of weightᵀ [in, out] in ``work`` precision (cached)."""
+    key = (id(weight), weight.data_ptr(), weight._version, tuple(weight.shape), work)
+    hit = _SVD_CACHE.get(key)
+    if hit is not None and hit[0]() is weight:
+        _SVD_CACHE.move_to_end(key)
+        return hit[1]
+    factors = torch.linalg.svd(weight.detach().to(work).T, full_matrices=False)
+    _SVD_CACHE[key] = (weakref.ref(weight), factors)
+    while len(_SVD_CACHE) > _SVD_CACHE_SIZE:
+        _SVD_CACHE.popitem(last=False)
+    return factors
 
 
 def random_sketches(num_terms, low_rank, in_features, out_features, *, device=None, dtype=None, generator=None):
@@ -70,8 +93,7 @@ def svd_factors(weight: torch.Tensor, num_terms: int, low_rank: int, *, generato
     L, k = num_terms, low_rank
     Lk = L * k
     work = _work_dtype(dtype)
-    Wt = weight.detach().to(work).T  # [in, out] = P diag(s) Qᵀ
-    P, s, Qh = torch.linalg.svd(Wt, full_matrices=False)
+    P, s, Qh = _thin_svd(weight, work)  # weightᵀ [in, out] = P diag(s) Qᵀ
     rank = s.shape[0]
     U1s, U2s = random_sketches(L, k, d_in, d_out, device=weight.device, dtype=work, generator=generator)
     U1 = U1s.reshape(Lk, d_out)  # term-1 rows, grouped by term
