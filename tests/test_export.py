@@ -19,16 +19,9 @@ import panther as pr
 from panther._native import library_path
 from panther.backend import panther_backend
 
+from .models import MLP
+
 panther_ops = torch.ops.panther
-
-
-class MLP(nn.Module):
-    def __init__(self, d=64, h=128):
-        super().__init__()
-        self.fc1, self.fc2, self.tiny = nn.Linear(d, h), nn.Linear(h, d), nn.Linear(d, 2)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x))), self.tiny(x)
 
 
 class CNN(nn.Module):

@@ -17,14 +17,7 @@ from panther.factors.asvd import asvd_factors
 from panther.passes import (DynamoResolver, apply_plan, find_candidates, layer_seed, make_plan, parse_options)
 from panther.passes.naming import module_path, param_fqn_from_source
 
-
-class MLP(nn.Module):
-    def __init__(self, d=64, h=128):
-        super().__init__()
-        self.fc1, self.fc2, self.tiny = nn.Linear(d, h), nn.Linear(h, d), nn.Linear(d, 2)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x))), self.tiny(x)
+from .models import MLP
 
 
 class QKV(nn.Module):

@@ -35,11 +35,13 @@ class SearchAlgorithm(abc.ABC):
     def reset(self) -> None:  # noqa: B027 (optional)
         """Forget everything (optional)."""
 
+    @abc.abstractmethod
     def save_state(self, path) -> None:
-        raise NotImplementedError(f"{type(self).__name__} cannot save its state")
+        """Write what is needed to resume the search to ``path`` (JSON)."""
 
+    @abc.abstractmethod
     def load_state(self, path) -> None:
-        raise NotImplementedError(f"{type(self).__name__} cannot load a state")
+        """Resume from a file written by :meth:`save_state`."""
 
 
 class OptunaSearch(SearchAlgorithm):
