@@ -166,31 +166,89 @@ def test_bad_arguments_raise_clear_errors():
 needs_triton = pytest.mark.skipif(not triton_available, reason="needs triton")
 
 
+def _configs(bf, bn, chunk, bdv):
+    import triton
+
+    return (triton.Config({"BF": bf, "BLOCK_N": bn}, num_warps=4, num_stages=1),
+            triton.Config({"CHUNK": chunk, "BDV": bdv}, num_warps=4, num_stages=1))
+
+
+def _device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @needs_triton
 @pytest.mark.parametrize("kernel_fn", ["softmax", "relu"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_triton_kernels_match_reference(kernel_fn, causal):
-    """The Triton kernels themselves (interpreted on CPU, compiled on GPU)."""
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("segments", [1, 3])
+def test_triton_kernels_match_reference(kernel_fn, causal, masked, segments):
+    """The Triton kernels themselves (interpreted on CPU, compiled on GPU), on awkward sizes:
+    N and S not multiples of the chunk or the segment, m = 40 features in blocks of 16 and
+    padded to 64, Dv = 20 in blocks of 16, a padding mask that empties whole chunks."""
     from panther.ops.attention.triton_kernels import favor_forward
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    q, k, v, P = inputs(N=40, S=40 if causal else 29, D=16, Dv=16, m=24, dtype=torch.float32, device=device)
-    mask = padding_mask(2, k.shape[2]).to(device)
-    got = favor_forward(q, k, v, P, kernel_fn, causal, mask, chunk=16, segments=2)
+    q, k, v, P = inputs(N=45, S=45 if causal else 37, D=16, Dv=20, m=40, dtype=torch.float32, device=_device())
+    mask = None
+    if masked:
+        mask = padding_mask(2, k.shape[2], p=0.3)
+        mask[1, 16:32] = True  # a whole chunk of keys masked
+        mask = mask.to(q.device)
+    got = favor_forward(q, k, v, P, kernel_fn, causal, mask, segments=segments, configs=_configs(16, 16, 16, 16))
     want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), kernel_fn, causal, mask)
-    torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
+@pytest.mark.parametrize("causal", [False, True])
+def test_triton_kernels_larger_tiles(causal):
+    """Tiles larger than the sizes (BF > m, BDV > Dv, chunk > segment) only mask more."""
+    from panther.ops.attention.triton_kernels import favor_forward
+
+    q, k, v, P = inputs(N=50, D=8, Dv=6, m=24, dtype=torch.float32, device=_device())
+    want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), "softmax", causal)
+    for configs in (_configs(32, 32, 32, 32), _configs(64, 16, 64, 16)):
+        got = favor_forward(q, k, v, P, "softmax", causal, None, segments=2, configs=configs)
+        torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
+@pytest.mark.parametrize("causal", [False, True])
+def test_triton_stabiliser_large_norms(causal):
+    """Early keys with large norms have logits ~150 below the later keys': a stabiliser taken
+    over all keys (or all keys of a chunk) underflows every feature an early query sees
+    (0/0). The kernels' causal per-position stabiliser keeps every output finite and exact."""
+    from panther.ops.attention.triton_kernels import favor_forward
+
+    q, k, v, P = inputs(B=1, N=40, D=16, Dv=16, m=32, dtype=torch.float32, device=_device(), seed=0)
+    k[:, :, :21] *= 20  # |k'| ~ 20: logits about -160 for these keys, about 0 for the rest
+    q = q * 6
+    want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), "softmax", causal)
+    assert torch.isfinite(want).all()
+    for segments in (1, 2):
+        got = favor_forward(q, k, v, P, "softmax", causal, None, segments=segments, configs=_configs(16, 16, 16, 16))
+        torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=1e-3, atol=1e-4)
 
 
 @needs_triton
 def test_triton_kernels_float16():
     from panther.ops.attention.triton_kernels import favor_forward
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    q, k, v, P = inputs(N=32, D=16, Dv=16, m=16, dtype=torch.float32, device=device)
-    want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), "softmax", True)
-    got = favor_forward(*(t.half() for t in (q, k, v, P)), "softmax", True, None, chunk=16, segments=1)
-    assert got.dtype == torch.float16
-    torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=2e-2, atol=2e-2)
+    q, k, v, P = inputs(N=40, D=16, Dv=16, m=16, dtype=torch.float32, device=_device())
+    for causal in (False, True):
+        want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), "softmax", causal)
+        got = favor_forward(*(t.half() for t in (q, k, v, P)), "softmax", causal, None, segments=2)
+        assert got.dtype == torch.float16
+        torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=2e-2, atol=2e-2)
+
+
+@needs_triton
+def test_triton_kernels_reject_too_many_features():
+    from panther.ops.attention.triton_kernels import favor_forward
+
+    q, k, v, P = inputs(N=8, D=8, m=300, dtype=torch.float32)
+    with pytest.raises(ValueError, match="300 random features"):
+        favor_forward(q, k, v, P, "softmax", False)
 
 
 @needs_triton
@@ -206,14 +264,40 @@ def test_triton_op_falls_back_on_cpu_and_has_autograd():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
-def test_triton_op_cuda_bf16_compile(causal):
-    q, k, v, P = inputs(B=2, H=4, N=1000, D=64, Dv=64, m=128, dtype=torch.float32, device="cuda")
+@pytest.mark.parametrize("m", [128, 256])
+def test_triton_op_cuda_bf16_compile(causal, m):
+    q, k, v, P = inputs(B=2, H=4, N=1000, D=64, Dv=64, m=m, dtype=torch.float32, device="cuda")
     want = ops.favor_attention(q, k, v, P, "softmax", causal, None, 0)
     got = favor_attention_triton(*(t.bfloat16() for t in (q, k, v, P)), "softmax", causal, None, 0)
     torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2)
     fn = torch.compile(lambda *a: favor_attention_triton(*a, "softmax", causal, None, 0), fullgraph=True)
     torch.testing.assert_close(fn(q, k, v, P), want, rtol=1e-2, atol=1e-2)
     opcheck(favor_attention_triton, (q[:, :, :64], k[:, :, :64], v[:, :, :64], P, "softmax", causal, None, 0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+def test_triton_every_config_cuda(causal):
+    """Every autotuner config of both kernels, compiled, in bf16 with a mask and relu."""
+    from panther.ops.attention.triton_kernels import OUTPUT_CONFIGS, STATE_CONFIGS, favor_forward
+
+    q, k, v, P = inputs(B=2, H=3, N=700, D=64, Dv=48, m=200, dtype=torch.float32, device="cuda")
+    mask = padding_mask(2, 700).cuda()
+    lp = [t.bfloat16() for t in (q, k, v, P)]
+    pairs = [(c, OUTPUT_CONFIGS[0]) for c in STATE_CONFIGS] + [(STATE_CONFIGS[0], c) for c in OUTPUT_CONFIGS[1:]]
+    for kernel_fn in ("softmax", "relu"):
+        want = ops.favor_attention(q, k, v, P, kernel_fn, causal, mask, 0)
+        for configs in pairs:
+            got = favor_forward(*lp, kernel_fn, causal, mask, configs=configs)
+            torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2,
+                                       msg=lambda m: f"{configs}: {m}")  # noqa: B023
+
+
+@pytest.mark.gpu
+def test_triton_op_cuda_falls_back_beyond_its_tiles():
+    q, k, v, P = inputs(B=1, H=2, N=100, D=64, Dv=64, m=300, dtype=torch.float32, device="cuda")
+    torch.testing.assert_close(favor_attention_triton(q, k, v, P, "softmax", True, None, 0),
+                               ops.favor_attention(q, k, v, P, "softmax", True, None, 0))
 
 
 # --------------------------------------------------------------------------- layer

@@ -1,125 +1,193 @@
 """Triton kernels for FAVOR+ attention (forward), non-causal and chunked causal.
 
-Two kernels, flash-linear-attention style, with the feature maps fused in (phi(q), phi(k)
-never reach memory):
+The feature maps are fused: phi(q) and phi(k) never reach memory. The sequence is cut
+into segments so that B*H*segments programs fill the GPU:
 
-1. ``_key_state_kernel``: grid (B*H, segments, Dv blocks). Each program streams the keys
-   of one segment chunk by chunk and accumulates its key-value state
-   sum_s phi(k_s) v_s^T [m, Dv] and normaliser sum_s phi(k_s) [m] in float32 registers.
-   The softmax stabiliser is a running max over the segment (the state is rescaled when
-   it grows), stored with the state.
-2. ``_favor_output_kernel``: grid (B*H, segments, Dv blocks). Each program starts from a
-   state (non-causal: the total; causal: the sum of the earlier segments) and, per chunk
-   of C queries, adds phi(Q_c) S (inter-chunk) and, when causal, tril(phi(Q_c) phi(K_c)^T) V_c
-   (intra-chunk) before updating S with the chunk's keys. Only O(segments) states touch
-   memory; the sequence is split into segments so that B*H*segments*Dv-blocks programs
-   fill the GPU.
+1. ``_segment_state_kernel``, grid (feature blocks, segments, B*H): each program streams
+   one segment's keys and values in blocks and accumulates its slice of the key-value
+   state sum_s phi(k_s) v_s^T [BF, Dv] and normaliser sum_s phi(k_s) [BF] in float32.
+   Its softmax stabiliser is a running max over its keys and features (the partial state
+   is rescaled when it grows, as in online softmax); it is stored beside the state.
+2. ``_combine`` (a few small torch ops): rescales the partial states to one stabiliser
+   and sums them. Non-causal: the total state. Causal: the state entering each segment
+   (the sum over the earlier segments), with the max over the earlier segments as its
+   stabiliser. Storing partials and reducing them keeps the result deterministic.
+3. ``_output_kernel``, grid (Dv blocks, segments, B*H): each program loads the state its
+   segment starts from and walks the segment by chunks of C queries. Non-causal:
+   out = phi(Q_c) S / phi(Q_c) z. Causal: the inter-chunk term phi(Q_c) S plus the masked
+   intra-chunk term tril(phi(Q_c) phi(K_c)^T) V_c, then S and z absorb the chunk's keys.
 
-Between them a few small torch ops rescale the segment states to one stabiliser per
-(batch, head) and take their (exclusive) sums. Products use tensor cores in the input
-dtype (bf16/fp16) with float32 accumulation; the running state stays float32.
+Causal stabiliser. The softmax features of a key are exp(t_s - c) with one constant c per
+product (c cancels between numerator and denominator), and c must stay near the largest
+logit the query sees, or every phi(k_s) underflows and the output is 0/0. A global max over
+all keys fails exactly there in the causal case: an early query whose keys all have large
+norms (very negative logits) sees only underflowed features when a later key is larger.
+So the stabiliser of query l is M_l = max of the key logits at positions <= l, computed
+causally: every key is exponentiated against its own row max c_s (phi(k_s) = exp(t_s - c_s),
+largest entry 1), each intra-chunk score (phi(q_l) . phi(k_s)) is scaled by
+exp(c_s - M_l) <= 1, the inter-chunk term by exp(c_state - M_l) <= 1, and the state is kept
+relative to the running max c_state of the keys it holds. The result for query l then
+depends on keys <= l only, in value and in rounding. Queries need no care: the row max of
+phi(q_l)'s logits (and its |q'|^2/2 term) is a per-row constant, cancelled by the
+normaliser.
+
+Products run on tensor cores in the input dtype (bf16/fp16) with float32 accumulation;
+the products with the float32 state use tf32 (fp16 could overflow on a long sequence's
+state). float32 inputs use IEEE products unless torch allows tf32.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 
 RELU_EPS = 1e-6  # same epsilon as the C++ kernel's relu features
+# The output kernel holds phi(Q_c) [C, m] and the state [m, BDV] in registers: larger
+# feature counts (and head dims) run the C++ op.
+MAX_FEATURES = 256
+MAX_HEAD_DIM = 256
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _state_configs():
+    if _INTERPRET:
+        return [triton.Config({"BF": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BF": bf, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bf, bn, w, s in ((64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2))
+    ]
+
+
+def _output_configs():
+    if _INTERPRET:
+        return [triton.Config({"CHUNK": 16, "BDV": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"CHUNK": c, "BDV": bdv}, num_warps=w, num_stages=s)
+        for c, bdv, w, s in ((32, 64, 8, 2), (64, 64, 8, 2), (32, 32, 4, 2), (64, 32, 8, 2), (16, 64, 4, 2),
+                             (32, 64, 4, 1))
+    ]
+
+
+STATE_CONFIGS = _state_configs()
+OUTPUT_CONFIGS = _output_configs()
+
+
+def _tuned(configs):
+    """The configs the autotuner tries. PANTHER_TRITON_AUTOTUNE=0 keeps only the first (the
+    default: moderate tiles that fit every supported shape), so GPU test runs compile one
+    config; tests of each config pass them explicitly."""
+    if os.environ.get("PANTHER_TRITON_AUTOTUNE", "1") == "0":
+        return configs[:1]
+    return configs
 
 
 @triton.jit
-def _softmax_logits(x, p, scale_in, m_ok, DOT_PRECISION: tl.constexpr):
-    """x' P^T - |x'|^2 / 2 for a tile x [C, D_PAD] (float32 out), padded features -inf."""
-    # Inductor passes Python floats as float64 scalars: keep the arithmetic in float32.
-    xs = (x.to(tl.float32) * scale_in).to(tl.float32)
-    u = tl.dot(xs.to(p.dtype), tl.trans(p), input_precision=DOT_PRECISION)
-    t = u - 0.5 * tl.sum(xs * xs, 1)[:, None]
-    return tl.where(m_ok[None, :], t, float("-inf"))
+def _features(x, p, scale, inv_sqrt_m, eps, ok, SOFTMAX: tl.constexpr, KEY: tl.constexpr,
+              DOT_PRECISION: tl.constexpr):
+    """Logits (softmax) or features (relu) of a tile x [R, D_PAD] against p [F, D_PAD]: [R, F] float32.
+
+    softmax: t = x' p^T - |x'|^2/2 with x' = x * scale, -inf where not ``ok``; queries skip
+    |x'|^2/2 (a per-row constant that cancels). relu: relu(x p^T)/sqrt(m) + eps, 0 where not ok.
+    """
+    # x is scaled after the product (in float32), not rounded to the input dtype first.
+    u = tl.dot(x, tl.trans(p), input_precision=DOT_PRECISION)
+    if SOFTMAX:
+        t = u * scale
+        if KEY:
+            xf = x.to(tl.float32)
+            t -= (tl.sum(xf * xf, 1) * (0.5 * scale * scale))[:, None]
+        return tl.where(ok, t, float("-inf"))
+    return tl.where(ok, tl.maximum(u, 0.0) * inv_sqrt_m + eps, 0.0)
 
 
+@triton.autotune(configs=_tuned(STATE_CONFIGS),
+                 key=["LEN_BUCKET", "M_PAD", "D_PAD", "DV_PAD", "SOFTMAX", "HAS_KEEP", "ELEMENT_SIZE"])
 @triton.jit
-def _relu_features(x, p, inv_sqrt_m, eps, ok, DOT_PRECISION: tl.constexpr):
-    u = tl.dot(x.to(p.dtype), tl.trans(p), input_precision=DOT_PRECISION)
-    return tl.where(ok, (tl.maximum(u, 0.0) * inv_sqrt_m + eps).to(tl.float32), 0.0)
-
-
-@triton.jit
-def _key_state_kernel(
+def _segment_state_kernel(
     k_ptr, v_ptr, p_ptr, keep_ptr, state_ptr, z_ptr, c_ptr,
-    H, S, D, DV, M, SEG_LEN, NSEG, scale_in, inv_sqrt_m, eps,
+    H, S, D, DV, M, SEG_LEN, NSEG, LEN_BUCKET, scale, inv_sqrt_m, eps,
     skb, skh, skn, skd, svb, svh, svn, svd, spm, spd,
-    HAS_KEEP: tl.constexpr, SOFTMAX: tl.constexpr, CHUNK: tl.constexpr, M_PAD: tl.constexpr,
-    D_PAD: tl.constexpr, BDV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_KEEP: tl.constexpr, SOFTMAX: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr,
+    DV_PAD: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BF: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    bh = tl.program_id(0)
+    # One feature block of one segment's state: sum phi(k) v^T [BF, DV] and sum phi(k) [BF].
+    fb = tl.program_id(0)
     seg = tl.program_id(1)
-    dvb = tl.program_id(2)
-    b = bh // H
-    h = bh % H
-    offs_m = tl.arange(0, M_PAD)
+    bh = tl.program_id(2)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_f = fb * BF + tl.arange(0, BF)
     offs_d = tl.arange(0, D_PAD)
-    offs_c = tl.arange(0, CHUNK)
-    offs_v = dvb * BDV + tl.arange(0, BDV)
-    m_ok = offs_m < M
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_v = tl.arange(0, DV_PAD)
+    f_ok = offs_f < M
     d_ok = offs_d < D
     v_ok = offs_v < DV
-    p = tl.load(p_ptr + offs_m[:, None] * spm + offs_d[None, :] * spd, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = k_ptr + b * skb + h * skh
+    v_base = v_ptr + b * svb + h * svh
 
-    acc = tl.zeros((M_PAD, BDV), dtype=tl.float32)
-    z = tl.zeros((M_PAD,), dtype=tl.float32)
-    c_run = tl.max(tl.full((CHUNK,), float("-inf"), tl.float32), 0)
+    acc = tl.zeros((BF, DV_PAD), dtype=tl.float32)
+    z = tl.zeros((BF,), dtype=tl.float32)
+    c_run = tl.max(tl.full((BLOCK_N,), float("-inf"), tl.float32), 0)
     start = seg * SEG_LEN
     end = tl.minimum(start + SEG_LEN, S)
-    for s0 in range(start, end, CHUNK):
-        rows = s0 + offs_c
+    for s0 in range(start, end, BLOCK_N):
+        rows = s0 + offs_n
         r_ok = rows < end
-        kk = tl.load(k_ptr + b * skb + h * skh + rows[:, None] * skn + offs_d[None, :] * skd,
-                     mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-        vv = tl.load(v_ptr + b * svb + h * svh + rows[:, None] * svn + offs_v[None, :] * svd,
-                     mask=r_ok[:, None] & v_ok[None, :], other=0.0)
+        kk = tl.load(k_base + rows[:, None] * skn + offs_d[None, :] * skd, mask=r_ok[:, None] & d_ok[None, :],
+                     other=0.0)
+        vv = tl.load(v_base + rows[:, None] * svn + offs_v[None, :] * svd, mask=r_ok[:, None] & v_ok[None, :],
+                     other=0.0)
+        p = tl.load(p_ptr + offs_f[:, None] * spm + offs_d[None, :] * spd, mask=f_ok[:, None] & d_ok[None, :],
+                    other=0.0)
         valid = r_ok
         if HAS_KEEP:
             valid = valid & (tl.load(keep_ptr + b * S + rows, mask=r_ok, other=0) != 0)
-        ok = valid[:, None] & m_ok[None, :]
+        ok = valid[:, None] & f_ok[None, :]
+        phi = _features(kk, p, scale, inv_sqrt_m, eps, ok, SOFTMAX, True, DOT_PRECISION)
         if SOFTMAX:
-            t = tl.where(ok, _softmax_logits(kk, p, scale_in, m_ok, DOT_PRECISION), float("-inf"))
-            c_new = tl.maximum(c_run, tl.max(tl.max(t, 1), 0))
+            c_new = tl.maximum(c_run, tl.max(tl.max(phi, 1), 0))
             c_safe = tl.where(c_new == float("-inf"), 0.0, c_new)
-            alpha = tl.exp(c_run - c_safe)  # rescale the state to the new stabiliser
+            alpha = tl.exp(c_run - c_safe)  # rescale the partial state to the new stabiliser
             acc = acc * alpha
             z = z * alpha
             c_run = c_new
-            phi = tl.exp(t - c_safe)
-        else:
-            phi = _relu_features(kk, p, inv_sqrt_m, eps, ok, DOT_PRECISION)
+            phi = tl.exp(phi - c_safe)
         acc = tl.dot(tl.trans(phi.to(vv.dtype)), vv, acc, input_precision=DOT_PRECISION)
         z += tl.sum(phi, 0)
 
-    base = bh * NSEG + seg
-    tl.store(state_ptr + (base * M_PAD + offs_m[:, None]) * DV + offs_v[None, :], acc, mask=v_ok[None, :])
-    if dvb == 0:
-        tl.store(z_ptr + base * M_PAD + offs_m, z)
-        tl.store(c_ptr + base, c_run)
+    base = (bh * NSEG + seg).to(tl.int64) * M_PAD
+    f_in = offs_f < M_PAD
+    tl.store(state_ptr + (base + offs_f[:, None]) * DV + offs_v[None, :], acc, mask=f_in[:, None] & v_ok[None, :])
+    tl.store(z_ptr + base + offs_f, z, mask=f_in)
+    c_rows = tl.zeros((BF,), dtype=tl.float32)  # relu features need no stabiliser: 0
+    if SOFTMAX:
+        c_rows += c_run
+    tl.store(c_ptr + base + offs_f, c_rows, mask=f_in)
 
 
+@triton.autotune(configs=_tuned(OUTPUT_CONFIGS),
+                 key=["LEN_BUCKET", "M_PAD", "D_PAD", "DV", "CAUSAL", "SOFTMAX", "HAS_KEEP", "ELEMENT_SIZE"])
 @triton.jit
-def _favor_output_kernel(
+def _output_kernel(
     q_ptr, k_ptr, v_ptr, p_ptr, keep_ptr, state_ptr, z_ptr, c_ptr, o_ptr,
-    H, N, D, DV, M, SEG_LEN, NSTATE, scale_in, inv_sqrt_m, eps,
+    H, N, D, DV, M, SEG_LEN, NSTATE, LEN_BUCKET, scale, inv_sqrt_m, eps,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod, spm, spd,
-    CAUSAL: tl.constexpr, HAS_KEEP: tl.constexpr, SOFTMAX: tl.constexpr, CHUNK: tl.constexpr,
-    M_PAD: tl.constexpr, D_PAD: tl.constexpr, BDV: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    STATE_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_KEEP: tl.constexpr, SOFTMAX: tl.constexpr, M_PAD: tl.constexpr,
+    D_PAD: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STATE_PRECISION: tl.constexpr, CHUNK: tl.constexpr, BDV: tl.constexpr,
 ):
-    bh = tl.program_id(0)
+    dvb = tl.program_id(0)
     seg = tl.program_id(1)
-    dvb = tl.program_id(2)
-    b = bh // H
-    h = bh % H
+    bh = tl.program_id(2)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
     offs_m = tl.arange(0, M_PAD)
     offs_d = tl.arange(0, D_PAD)
     offs_c = tl.arange(0, CHUNK)
@@ -127,58 +195,85 @@ def _favor_output_kernel(
     m_ok = offs_m < M
     d_ok = offs_d < D
     v_ok = offs_v < DV
-    p = tl.load(p_ptr + offs_m[:, None] * spm + offs_d[None, :] * spd, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    q_base = q_ptr + b * sqb + h * sqh
+    k_base = k_ptr + b * skb + h * skh
+    v_base = v_ptr + b * svb + h * svh
+    o_base = o_ptr + b * sob + h * soh
 
-    sidx = bh * NSTATE + (seg if CAUSAL else 0)
-    state = tl.load(state_ptr + (sidx * M_PAD + offs_m[:, None]) * DV + offs_v[None, :], mask=v_ok[None, :], other=0.0)
+    # the state this segment starts from (non-causal: the total), its normaliser and stabiliser
+    sidx = (bh * NSTATE + (seg if CAUSAL else 0)).to(tl.int64)
+    state = tl.load(state_ptr + (sidx * M_PAD + offs_m[:, None]) * DV + offs_v[None, :], mask=v_ok[None, :],
+                    other=0.0)
     z = tl.load(z_ptr + sidx * M_PAD + offs_m)
-    c_key = 0.0
-    if CAUSAL and SOFTMAX:
-        c_key = tl.load(c_ptr + bh)
-    causal_mask = offs_c[None, :] <= offs_c[:, None]
+    c_state = tl.load(c_ptr + sidx)
+    causal_mask = offs_c[None, :] <= offs_c[:, None]  # [query l, key s]: s <= l
 
     start = seg * SEG_LEN
     end = tl.minimum(start + SEG_LEN, N)
     for l0 in range(start, end, CHUNK):
         rows = l0 + offs_c
         r_ok = rows < end
-        qq = tl.load(q_ptr + b * sqb + h * sqh + rows[:, None] * sqn + offs_d[None, :] * sqd,
-                     mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+        # projection rows are re-read per chunk (L1/L2 hits) rather than pinned in registers
+        p = tl.load(p_ptr + offs_m[:, None] * spm + offs_d[None, :] * spd, mask=m_ok[:, None] & d_ok[None, :],
+                    other=0.0)
+        qq = tl.load(q_base + rows[:, None] * sqn + offs_d[None, :] * sqd, mask=r_ok[:, None] & d_ok[None, :],
+                     other=0.0)
+        a = _features(qq, p, scale, inv_sqrt_m, eps, m_ok[None, :], SOFTMAX, False, DOT_PRECISION)
         if SOFTMAX:
-            t = _softmax_logits(qq, p, scale_in, m_ok, DOT_PRECISION)
-            a = tl.exp(t - tl.max(t, 1)[:, None])  # per-row stabiliser: cancels in num / den
-        else:
-            a = _relu_features(qq, p, inv_sqrt_m, eps, m_ok[None, :], DOT_PRECISION)
+            a = tl.exp(a - tl.max(a, 1)[:, None])  # per-row stabiliser: cancels in num / den
         num = tl.dot(a, state, input_precision=STATE_PRECISION)
         den = tl.sum(a * z[None, :], 1)
         if CAUSAL:
-            kk = tl.load(k_ptr + b * skb + h * skh + rows[:, None] * skn + offs_d[None, :] * skd,
-                         mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-            vv = tl.load(v_ptr + b * svb + h * svh + rows[:, None] * svn + offs_v[None, :] * svd,
-                         mask=r_ok[:, None] & v_ok[None, :], other=0.0)
+            kk = tl.load(k_base + rows[:, None] * skn + offs_d[None, :] * skd, mask=r_ok[:, None] & d_ok[None, :],
+                         other=0.0)
+            vv = tl.load(v_base + rows[:, None] * svn + offs_v[None, :] * svd, mask=r_ok[:, None] & v_ok[None, :],
+                         other=0.0)
             valid = r_ok
             if HAS_KEEP:
                 valid = valid & (tl.load(keep_ptr + b * N + rows, mask=r_ok, other=0) != 0)
-            ok = valid[:, None] & m_ok[None, :]
+            bk = _features(kk, p, scale, inv_sqrt_m, eps, valid[:, None] & m_ok[None, :], SOFTMAX, True,
+                           DOT_PRECISION)
             if SOFTMAX:
-                tk = _softmax_logits(kk, p, scale_in, m_ok, DOT_PRECISION)
-                phi = tl.where(ok, tl.exp(tk - c_key), 0.0)
+                ck = tl.max(bk, 1)  # each key's own stabiliser; -inf for masked keys
+                bk = tl.exp(bk - tl.where(ck == float("-inf"), 0.0, ck)[:, None])
+                # M_l = max(c_state, max_{s <= l} c_s): the causal stabiliser of query l
+                ck_seen = tl.where(causal_mask, ck[None, :], float("-inf"))
+                m_row = tl.maximum(tl.max(ck_seen, 1), c_state)
+                m_row = tl.where(m_row == float("-inf"), 0.0, m_row)
+                w_inter = tl.exp(c_state - m_row)
+                num = num * w_inter[:, None]
+                den = den * w_inter
+                w_intra = tl.exp(ck_seen - m_row[:, None])  # 0 above the diagonal and for masked keys
             else:
-                phi = _relu_features(kk, p, inv_sqrt_m, eps, ok, DOT_PRECISION)
-            phi_lp = phi.to(vv.dtype)
-            scores = tl.dot(a.to(vv.dtype), tl.trans(phi_lp), input_precision=DOT_PRECISION)
-            scores = tl.where(causal_mask, scores, 0.0)
+                w_intra = tl.where(causal_mask, 1.0, 0.0)
+            scores = tl.dot(a.to(vv.dtype), tl.trans(bk.to(vv.dtype)), input_precision=DOT_PRECISION) * w_intra
             num = tl.dot(scores.to(vv.dtype), vv, num, input_precision=DOT_PRECISION)
             den += tl.sum(scores, 1)
-            state = tl.dot(tl.trans(phi_lp), vv, state, input_precision=DOT_PRECISION)
-            z += tl.sum(phi, 0)
+            if SOFTMAX:  # the state absorbs the chunk relative to the new running max
+                c_end = tl.maximum(c_state, tl.max(ck, 0))
+                c_end_safe = tl.where(c_end == float("-inf"), 0.0, c_end)
+                beta = tl.exp(c_state - c_end_safe)
+                state = state * beta
+                z = z * beta
+                bk = bk * tl.exp(ck - c_end_safe)[:, None]
+                c_state = c_end
+            state = tl.dot(tl.trans(bk.to(vv.dtype)), vv, state, input_precision=DOT_PRECISION)
+            z += tl.sum(bk, 0)
         out = num / den[:, None]
-        tl.store(o_ptr + b * sob + h * soh + rows[:, None] * son + offs_v[None, :] * sod,
-                 out.to(o_ptr.dtype.element_ty), mask=r_ok[:, None] & v_ok[None, :])
+        tl.store(o_base + rows[:, None] * son + offs_v[None, :] * sod, out.to(o_ptr.dtype.element_ty),
+                 mask=r_ok[:, None] & v_ok[None, :])
 
 
 def _pow2(n: int, least: int = 16) -> int:
     return max(least, triton.next_power_of_2(n))
+
+
+def _bucket(tokens: int) -> int:
+    """Autotuning key for the work size (tokens over all heads): the next power of four."""
+    bucket = 1
+    while bucket < tokens:
+        bucket *= 4
+    return bucket
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -187,85 +282,114 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _segments(length: int, chunk: int, programs_per_segment: int, wanted: int, device) -> tuple[int, int]:
-    """(segment length, number of segments): enough programs to fill the device twice."""
-    n_chunks = triton.cdiv(max(length, 1), chunk)
-    if wanted <= 0:
-        wanted = triton.cdiv(2 * _num_sms(device), programs_per_segment)
-    per_segment = triton.cdiv(n_chunks, max(1, min(wanted, n_chunks)))
-    seg_len = per_segment * chunk
+def _segments(length: int, programs_per_segment: int, device: torch.device, min_len: int) -> tuple[int, int]:
+    """(segment length, number of segments): about four programs per SM, segments >= min_len."""
+    if device.type != "cuda":
+        return _split(length, 2, 16)  # the interpreter: exercise the multi-segment path cheaply
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    wanted = triton.cdiv(4 * sms, max(1, programs_per_segment))
+    return _split(length, max(1, min(wanted, 64, length // min_len)), 64)
+
+
+def _split(length: int, wanted: int, unit: int = 16) -> tuple[int, int]:
+    """Segments of a multiple of ``unit`` tokens (64: whole chunks for every config)."""
+    seg_len = triton.cdiv(triton.cdiv(max(length, 1), max(1, wanted)), unit) * unit
     return seg_len, triton.cdiv(max(length, 1), seg_len)
 
 
-def favor_forward(q, k, v, projection, kernel_fn: str, causal: bool, key_padding_mask=None,
-                  chunk: int = 0, segments: int = 0, launch=lambda kernel: kernel):
+def supported(num_features: int, head_dim: int, value_dim: int) -> bool:
+    """Whether the kernels' register tiles fit these sizes (else use the C++ op)."""
+    return num_features <= MAX_FEATURES and head_dim <= MAX_HEAD_DIM and value_dim <= MAX_HEAD_DIM
+
+
+def _combine(states, zs, cs, causal: bool):
+    """One stabiliser per (batch*head [, segment]) for the partial states.
+
+    states [BH, G, M_PAD, Dv], zs and cs [BH, G, M_PAD] (cs: each feature row's stabiliser).
+    Non-causal: the total state [BH, 1, ...] (its stabiliser cancels). Causal: the state
+    entering each segment, sum over earlier segments g' < g, relative to their max c_g
+    (-inf for the first segment, whose state is empty), returned with it [BH, G].
+    """
+    BH, G = cs.shape[:2]
+    if causal:
+        seen = torch.cummax(cs.amax(2), 1).values
+        ref = torch.cat([torch.full_like(seen[:, :1], float("-inf")), seen[:, :-1]], 1)
+        before = torch.ones(G, G, dtype=torch.bool, device=cs.device).tril(-1)  # [g, g']: g' < g
+    else:
+        ref = cs.amax((1, 2)).unsqueeze(1)
+        before = torch.ones(1, G, dtype=torch.bool, device=cs.device)
+    safe = torch.where(torch.isfinite(ref), ref, torch.zeros_like(ref))
+    # exponents <= 0 where kept; where() keeps the overflowing ones of later segments out
+    w = torch.where(before[None, :, :, None], cs[:, None] - safe[:, :, None, None], float("-inf")).exp()
+    state = torch.einsum("bgkm,bkmd->bgmd", w, states).contiguous()
+    z = torch.einsum("bgkm,bkm->bgm", w, zs).contiguous()
+    return state, z, ref.contiguous()
+
+
+def favor_forward(q, k, v, projection, kernel_fn: str, causal: bool, key_padding_mask=None, segments: int = 0,
+                  launch=lambda kernel: kernel, configs=None):
     """FAVOR+ attention forward with the Triton kernels; same math as the C++ op.
 
-    ``chunk``: tokens per chunk (rounded up to a power of two >= 16; 0 = by feature count).
     ``segments``: sequence segments (0 = enough to fill the device). ``launch`` wraps each
-    kernel before launching (torch.library.wrap_triton inside a triton_op).
+    kernel before launching (torch.library.wrap_triton inside a triton_op). ``configs`` =
+    (state, output) triton.Configs bypasses autotuning, for tests of every config.
     """
     B, H, N, D = q.shape
     S, DV, M = k.shape[2], v.shape[3], projection.shape[0]
-    M_PAD, D_PAD = _pow2(M), _pow2(D)
-    BDV = min(_pow2(DV), 64)
-    while M_PAD * BDV > 8192 and BDV > 16:  # keep the float32 state tile within registers
-        BDV //= 2
-    CHUNK = _pow2(chunk) if chunk > 0 else (64 if M_PAD <= 128 else 32)
-    num_warps = 4 if M_PAD * BDV <= 4096 else 8
-    NDV = triton.cdiv(DV, BDV)
-    BH = B * H
+    if not supported(M, D, DV):
+        raise ValueError(f"favor_forward: {M} random features, head dims {D} and {DV} do not fit the Triton kernels "
+                         f"(at most {MAX_FEATURES} features and head dims {MAX_HEAD_DIM}); use "
+                         "torch.ops.panther.favor_attention")
+    out = q.new_empty(B, H, N, DV)
+    if out.numel() == 0:
+        return out
+    BH, dev = B * H, q.device
+    M_PAD, D_PAD, DV_PAD = _pow2(M), _pow2(D), _pow2(DV)
     softmax = kernel_fn == "softmax"
-    dev = q.device
-    keep = (~key_padding_mask).to(torch.int8).contiguous() if key_padding_mask is not None else q
-    common = dict(scale_in=float(D) ** -0.25, inv_sqrt_m=1.0 / math.sqrt(M), eps=RELU_EPS)
+    has_keep = key_padding_mask is not None
+    keep = (~key_padding_mask).to(torch.int8).contiguous() if has_keep else q
+    scalars = (float(D) ** -0.25, 1.0 / math.sqrt(M), RELU_EPS)
     precision = _dot_precision(q.dtype)
-    state_precision = "ieee" if q.dtype == torch.float32 and precision == "ieee" else "tf32"
-    if dev.type != "cuda":
-        state_precision = "ieee"
+    # products with the float32 state: tf32 for 16-bit inputs (IEEE in the interpreter)
+    state_precision = precision if q.dtype == torch.float32 or dev.type != "cuda" else "tf32"
+    common = dict(HAS_KEEP=has_keep, SOFTMAX=softmax, M_PAD=M_PAD, D_PAD=D_PAD, ELEMENT_SIZE=q.element_size(),
+                  DOT_PRECISION=precision)
+    state_kernel, output_kernel, meta_s, meta_o = _segment_state_kernel, _output_kernel, {}, {}
+    if configs is not None:
+        state_kernel, output_kernel = _segment_state_kernel.fn, _output_kernel.fn
+        meta_s, meta_o = ({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages} for c in configs)
 
-    seg_len, nseg = _segments(S, CHUNK, BH * NDV, segments, dev)
+    if segments > 0:
+        seg_len, nseg = _split(S, segments)
+    elif causal:  # the output kernel's segments: it does the work
+        seg_len, nseg = _segments(S, BH, dev, 256)
+    else:
+        seg_len, nseg = _segments(S, BH * triton.cdiv(M_PAD, 64), dev, 256)
     states = torch.empty(BH, nseg, M_PAD, DV, device=dev, dtype=torch.float32)
     zs = torch.empty(BH, nseg, M_PAD, device=dev, dtype=torch.float32)
-    cs = torch.empty(BH, nseg, device=dev, dtype=torch.float32)
-    launch(_key_state_kernel)[(BH, nseg, NDV)](
+    cs = torch.empty(BH, nseg, M_PAD, device=dev, dtype=torch.float32)
+    launch(state_kernel)[lambda meta: (triton.cdiv(M_PAD, meta["BF"]), nseg, BH)](
         k, v, projection, keep, states, zs, cs,
-        H, S, D, DV, M, seg_len, nseg, common["scale_in"], common["inv_sqrt_m"], common["eps"],
+        H, S, D, DV, M, seg_len, nseg, _bucket(BH * S), *scalars,
         *k.stride(), *v.stride(), *projection.stride(),
-        HAS_KEEP=key_padding_mask is not None, SOFTMAX=softmax, CHUNK=CHUNK, M_PAD=M_PAD, D_PAD=D_PAD, BDV=BDV,
-        DOT_PRECISION=precision, num_warps=num_warps,
+        DV_PAD=DV_PAD, **common, **meta_s,
     )
-    # One stabiliser per (batch, head): rescale every segment's state to it.
-    c_key = cs.amax(1, keepdim=True)
-    c_key = torch.where(torch.isfinite(c_key), c_key, torch.zeros_like(c_key))
-    if softmax:
-        w = torch.exp(cs - c_key)
-        states = states * w[:, :, None, None]
-        zs = zs * w[:, :, None]
+    state, z, c = _combine(states, zs, cs, causal)
     if causal:
-        states = states.cumsum(1) - states  # state entering each segment
-        zs = zs.cumsum(1) - zs
-        q_seg_len, q_nseg, nstate = seg_len, nseg, nseg
+        q_seg_len, q_nseg = seg_len, nseg
+    elif segments > 0:
+        q_seg_len, q_nseg = _split(N, segments)
     else:
-        states = states.sum(1, keepdim=True)
-        zs = zs.sum(1, keepdim=True)
-        q_seg_len, q_nseg = _segments(N, CHUNK, BH * NDV, 0 if segments <= 0 else segments, dev)
-        nstate = 1
-    states = states.contiguous()
-    zs = zs.contiguous()
-    c_key = c_key.reshape(BH).contiguous()
-    out = q.new_empty(B, H, N, DV)
-    launch(_favor_output_kernel)[(BH, q_nseg, NDV)](
-        q, k, v, projection, keep, states, zs, c_key, out,
-        H, N, D, DV, M, q_seg_len, nstate, common["scale_in"], common["inv_sqrt_m"], common["eps"],
+        q_seg_len, q_nseg = _segments(N, BH, dev, 128)
+    launch(output_kernel)[lambda meta: (triton.cdiv(DV, meta["BDV"]), q_nseg, BH)](
+        q, k, v, projection, keep, state, z, c, out,
+        H, N, D, DV, M, q_seg_len, state.shape[1], _bucket(BH * N), *scalars,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *projection.stride(),
-        CAUSAL=causal, HAS_KEEP=key_padding_mask is not None, SOFTMAX=softmax, CHUNK=CHUNK, M_PAD=M_PAD,
-        D_PAD=D_PAD, BDV=BDV, DOT_PRECISION=precision, STATE_PRECISION=state_precision, num_warps=num_warps,
+        CAUSAL=causal, STATE_PRECISION=state_precision, **common, **meta_o,
     )
     return out
