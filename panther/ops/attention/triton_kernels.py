@@ -32,8 +32,9 @@ phi(q_l)'s logits (and its |q'|^2/2 term) is a per-row constant, cancelled by th
 normaliser.
 
 Products run on tensor cores in the input dtype (bf16/fp16) with float32 accumulation;
-the products with the float32 state use tf32 (fp16 could overflow on a long sequence's
-state). float32 inputs use IEEE products unless torch allows tf32.
+the state stays float32 and is rounded to bf16 (bf16 inputs) or read as tf32 (fp16 inputs:
+a long sequence's state can overflow fp16) for phi(Q_c) S. float32 inputs use IEEE
+products unless torch allows tf32.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import triton
 import triton.language as tl
 
 RELU_EPS = 1e-6  # same epsilon as the C++ kernel's relu features
+LOG2E = math.log2(math.e)
 # The output kernel holds phi(Q_c) [C, m] and the state [m, BDV] in registers: larger
 # feature counts (and head dims) run the C++ op.
 MAX_FEATURES = 256
@@ -68,8 +70,8 @@ def _output_configs():
         return [triton.Config({"CHUNK": 16, "BDV": 16}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"CHUNK": c, "BDV": bdv}, num_warps=w, num_stages=s)
-        for c, bdv, w, s in ((32, 64, 8, 2), (64, 64, 8, 2), (32, 32, 4, 2), (64, 32, 8, 2), (16, 64, 4, 2),
-                             (32, 64, 4, 1))
+        for c, bdv, w, s in ((32, 64, 8, 2), (64, 64, 8, 2), (32, 32, 8, 2), (64, 32, 8, 2), (16, 64, 4, 2),
+                             (16, 32, 4, 2), (32, 64, 8, 1))
     ]
 
 
@@ -87,20 +89,21 @@ def _tuned(configs):
 
 
 @triton.jit
-def _features(x, p, scale, inv_sqrt_m, eps, ok, SOFTMAX: tl.constexpr, KEY: tl.constexpr,
+def _features(x, p, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX: tl.constexpr, KEY: tl.constexpr,
               DOT_PRECISION: tl.constexpr):
     """Logits (softmax) or features (relu) of a tile x [R, D_PAD] against p [F, D_PAD]: [R, F] float32.
 
-    softmax: t = x' p^T - |x'|^2/2 with x' = x * scale, -inf where not ``ok``; queries skip
-    |x'|^2/2 (a per-row constant that cancels). relu: relu(x p^T)/sqrt(m) + eps, 0 where not ok.
+    softmax: t = log2(e) (x' p^T - |x'|^2/2) with x' = x D^-1/4, -inf where not ``ok``: base-2
+    logits, so every exponential is one exp2. Queries skip |x'|^2/2 (a per-row constant that
+    cancels). relu: relu(x p^T)/sqrt(m) + eps, 0 where not ok.
     """
     # x is scaled after the product (in float32), not rounded to the input dtype first.
     u = tl.dot(x, tl.trans(p), input_precision=DOT_PRECISION)
     if SOFTMAX:
-        t = u * scale
+        t = u * logit_scale
         if KEY:
             xf = x.to(tl.float32)
-            t -= (tl.sum(xf * xf, 1) * (0.5 * scale * scale))[:, None]
+            t -= (tl.sum(xf * xf, 1) * norm_scale)[:, None]
         return tl.where(ok, t, float("-inf"))
     return tl.where(ok, tl.maximum(u, 0.0) * inv_sqrt_m + eps, 0.0)
 
@@ -110,7 +113,7 @@ def _features(x, p, scale, inv_sqrt_m, eps, ok, SOFTMAX: tl.constexpr, KEY: tl.c
 @triton.jit
 def _segment_state_kernel(
     k_ptr, v_ptr, p_ptr, keep_ptr, state_ptr, z_ptr, c_ptr,
-    H, S, D, DV, M, SEG_LEN, NSEG, LEN_BUCKET, scale, inv_sqrt_m, eps,
+    H, S, D, DV, M, SEG_LEN, NSEG, LEN_BUCKET, logit_scale, norm_scale, inv_sqrt_m, eps,
     skb, skh, skn, skd, svb, svh, svn, svd, spm, spd,
     HAS_KEEP: tl.constexpr, SOFTMAX: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr,
     DV_PAD: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -150,15 +153,15 @@ def _segment_state_kernel(
         if HAS_KEEP:
             valid = valid & (tl.load(keep_ptr + b * S + rows, mask=r_ok, other=0) != 0)
         ok = valid[:, None] & f_ok[None, :]
-        phi = _features(kk, p, scale, inv_sqrt_m, eps, ok, SOFTMAX, True, DOT_PRECISION)
+        phi = _features(kk, p, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX, True, DOT_PRECISION)
         if SOFTMAX:
             c_new = tl.maximum(c_run, tl.max(tl.max(phi, 1), 0))
             c_safe = tl.where(c_new == float("-inf"), 0.0, c_new)
-            alpha = tl.exp(c_run - c_safe)  # rescale the partial state to the new stabiliser
+            alpha = tl.exp2(c_run - c_safe)  # rescale the partial state to the new stabiliser
             acc = acc * alpha
             z = z * alpha
             c_run = c_new
-            phi = tl.exp(phi - c_safe)
+            phi = tl.exp2(phi - c_safe)
         acc = tl.dot(tl.trans(phi.to(vv.dtype)), vv, acc, input_precision=DOT_PRECISION)
         z += tl.sum(phi, 0)
 
@@ -177,11 +180,11 @@ def _segment_state_kernel(
 @triton.jit
 def _output_kernel(
     q_ptr, k_ptr, v_ptr, p_ptr, keep_ptr, state_ptr, z_ptr, c_ptr, o_ptr,
-    H, N, D, DV, M, SEG_LEN, NSTATE, LEN_BUCKET, scale, inv_sqrt_m, eps,
+    H, N, D, DV, M, SEG_LEN, NSTATE, LEN_BUCKET, logit_scale, norm_scale, inv_sqrt_m, eps,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod, spm, spd,
     CAUSAL: tl.constexpr, HAS_KEEP: tl.constexpr, SOFTMAX: tl.constexpr, M_PAD: tl.constexpr,
     D_PAD: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    STATE_PRECISION: tl.constexpr, CHUNK: tl.constexpr, BDV: tl.constexpr,
+    STATE_PRECISION: tl.constexpr, STATE_BF16: tl.constexpr, CHUNK: tl.constexpr, BDV: tl.constexpr,
 ):
     dvb = tl.program_id(0)
     seg = tl.program_id(1)
@@ -218,10 +221,14 @@ def _output_kernel(
                     other=0.0)
         qq = tl.load(q_base + rows[:, None] * sqn + offs_d[None, :] * sqd, mask=r_ok[:, None] & d_ok[None, :],
                      other=0.0)
-        a = _features(qq, p, scale, inv_sqrt_m, eps, m_ok[None, :], SOFTMAX, False, DOT_PRECISION)
+        a = _features(qq, p, logit_scale, norm_scale, inv_sqrt_m, eps, m_ok[None, :], SOFTMAX, False,
+                      DOT_PRECISION)
         if SOFTMAX:
-            a = tl.exp(a - tl.max(a, 1)[:, None])  # per-row stabiliser: cancels in num / den
-        num = tl.dot(a, state, input_precision=STATE_PRECISION)
+            a = tl.exp2(a - tl.max(a, 1)[:, None])  # per-row stabiliser: cancels in num / den
+        if STATE_BF16:
+            num = tl.dot(a.to(tl.bfloat16), state.to(tl.bfloat16))
+        else:
+            num = tl.dot(a, state, input_precision=STATE_PRECISION)
         den = tl.sum(a * z[None, :], 1)
         if CAUSAL:
             kk = tl.load(k_base + rows[:, None] * skn + offs_d[None, :] * skd, mask=r_ok[:, None] & d_ok[None, :],
@@ -231,19 +238,19 @@ def _output_kernel(
             valid = r_ok
             if HAS_KEEP:
                 valid = valid & (tl.load(keep_ptr + b * N + rows, mask=r_ok, other=0) != 0)
-            bk = _features(kk, p, scale, inv_sqrt_m, eps, valid[:, None] & m_ok[None, :], SOFTMAX, True,
-                           DOT_PRECISION)
+            bk = _features(kk, p, logit_scale, norm_scale, inv_sqrt_m, eps, valid[:, None] & m_ok[None, :], SOFTMAX,
+                           True, DOT_PRECISION)
             if SOFTMAX:
                 ck = tl.max(bk, 1)  # each key's own stabiliser; -inf for masked keys
-                bk = tl.exp(bk - tl.where(ck == float("-inf"), 0.0, ck)[:, None])
+                bk = tl.exp2(bk - tl.where(ck == float("-inf"), 0.0, ck)[:, None])
                 # M_l = max(c_state, max_{s <= l} c_s): the causal stabiliser of query l
                 ck_seen = tl.where(causal_mask, ck[None, :], float("-inf"))
                 m_row = tl.maximum(tl.max(ck_seen, 1), c_state)
                 m_row = tl.where(m_row == float("-inf"), 0.0, m_row)
-                w_inter = tl.exp(c_state - m_row)
+                w_inter = tl.exp2(c_state - m_row)
                 num = num * w_inter[:, None]
                 den = den * w_inter
-                w_intra = tl.exp(ck_seen - m_row[:, None])  # 0 above the diagonal and for masked keys
+                w_intra = tl.exp2(ck_seen - m_row[:, None])  # 0 above the diagonal and for masked keys
             else:
                 w_intra = tl.where(causal_mask, 1.0, 0.0)
             scores = tl.dot(a.to(vv.dtype), tl.trans(bk.to(vv.dtype)), input_precision=DOT_PRECISION) * w_intra
@@ -252,10 +259,10 @@ def _output_kernel(
             if SOFTMAX:  # the state absorbs the chunk relative to the new running max
                 c_end = tl.maximum(c_state, tl.max(ck, 0))
                 c_end_safe = tl.where(c_end == float("-inf"), 0.0, c_end)
-                beta = tl.exp(c_state - c_end_safe)
+                beta = tl.exp2(c_state - c_end_safe)
                 state = state * beta
                 z = z * beta
-                bk = bk * tl.exp(ck - c_end_safe)[:, None]
+                bk = bk * tl.exp2(ck - c_end_safe)[:, None]
                 c_state = c_end
             state = tl.dot(tl.trans(bk.to(vv.dtype)), vv, state, input_precision=DOT_PRECISION)
             z += tl.sum(bk, 0)
@@ -310,7 +317,8 @@ def supported(num_features: int, head_dim: int, value_dim: int) -> bool:
 def _combine(states, zs, cs, causal: bool):
     """One stabiliser per (batch*head [, segment]) for the partial states.
 
-    states [BH, G, M_PAD, Dv], zs and cs [BH, G, M_PAD] (cs: each feature row's stabiliser).
+    states [BH, G, M_PAD, Dv], zs and cs [BH, G, M_PAD] (cs: each feature row's stabiliser, a
+    base-2 logit).
     Non-causal: the total state [BH, 1, ...] (its stabiliser cancels). Causal: the state
     entering each segment, sum over earlier segments g' < g, relative to their max c_g
     (-inf for the first segment, whose state is empty), returned with it [BH, G].
@@ -325,7 +333,7 @@ def _combine(states, zs, cs, causal: bool):
         before = torch.ones(1, G, dtype=torch.bool, device=cs.device)
     safe = torch.where(torch.isfinite(ref), ref, torch.zeros_like(ref))
     # exponents <= 0 where kept; where() keeps the overflowing ones of later segments out
-    w = torch.where(before[None, :, :, None], cs[:, None] - safe[:, :, None, None], float("-inf")).exp()
+    w = torch.where(before[None, :, :, None], cs[:, None] - safe[:, :, None, None], float("-inf")).exp2()
     state = torch.einsum("bgkm,bkmd->bgmd", w, states).contiguous()
     z = torch.einsum("bgkm,bkm->bgm", w, zs).contiguous()
     return state, z, ref.contiguous()
@@ -353,10 +361,13 @@ def favor_forward(q, k, v, projection, kernel_fn: str, causal: bool, key_padding
     softmax = kernel_fn == "softmax"
     has_keep = key_padding_mask is not None
     keep = (~key_padding_mask).to(torch.int8).contiguous() if has_keep else q
-    scalars = (float(D) ** -0.25, 1.0 / math.sqrt(M), RELU_EPS)
+    # base-2 logits t = log2(e) (x.p D^-1/4 - |x|^2 D^-1/2 / 2): the scale of the products, of |x|^2
+    scalars = (LOG2E * float(D) ** -0.25, LOG2E * 0.5 / math.sqrt(D), 1.0 / math.sqrt(M), RELU_EPS)
     precision = _dot_precision(q.dtype)
-    # products with the float32 state: tf32 for 16-bit inputs (IEEE in the interpreter)
+    # products with the float32 state: bf16 for bf16 inputs (its rounding is the output's), tf32
+    # for fp16 (a long sequence's state can pass fp16's 65504), IEEE in the interpreter
     state_precision = precision if q.dtype == torch.float32 or dev.type != "cuda" else "tf32"
+    state_bf16 = q.dtype == torch.bfloat16 and dev.type == "cuda"
     common = dict(HAS_KEEP=has_keep, SOFTMAX=softmax, M_PAD=M_PAD, D_PAD=D_PAD, ELEMENT_SIZE=q.element_size(),
                   DOT_PRECISION=precision)
     state_kernel, output_kernel, meta_s, meta_o = _segment_state_kernel, _output_kernel, {}, {}
@@ -390,6 +401,6 @@ def favor_forward(q, k, v, projection, kernel_fn: str, causal: bool, key_padding
         q, k, v, projection, keep, state, z, c, out,
         H, N, D, DV, M, q_seg_len, state.shape[1], _bucket(BH * N), *scalars,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *projection.stride(),
-        CAUSAL=causal, STATE_PRECISION=state_precision, **common, **meta_o,
+        CAUSAL=causal, STATE_PRECISION=state_precision, STATE_BF16=state_bf16, **common, **meta_o,
     )
     return out
