@@ -230,6 +230,87 @@ def test_triton_stabiliser_large_norms(causal):
         torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=1e-3, atol=1e-4)
 
 
+class _BoundsChecked:
+    """Triton's interpreter with every masked-in load and store checked against the extent of
+    the kernel's tensor arguments: an out-of-bounds address raises instead of reading or
+    writing a neighbouring allocation (which a GPU reports as an illegal memory access)."""
+
+    def __enter__(self):
+        from triton.runtime import interpreter as interp
+
+        self.interp, self.ranges, self.accesses = interp, [], 0
+        b, g = interp.InterpreterBuilder, interp.GridExecutor
+        self.saved = (b.create_masked_load, b.create_masked_store, g._init_args_hst)
+        load, store, init = self.saved
+        check = self._check
+
+        def init_args(executor, args_dev, kwargs):
+            args_hst, kwargs_hst = init(executor, args_dev, kwargs)
+            self.ranges = []
+            for arg in [*args_hst, *kwargs_hst.values()]:
+                if isinstance(arg, torch.Tensor) and arg.numel():
+                    last = sum((n - 1) * st for n, st in zip(arg.shape, arg.stride()))
+                    lo = arg.data_ptr()
+                    self.ranges.append((lo, lo + (last + 1) * arg.element_size()))
+            return args_hst, kwargs_hst
+
+        def masked_load(builder, ptrs, mask, other, *a):
+            check(ptrs, mask)
+            return load(builder, ptrs, mask, other, *a)
+
+        def masked_store(builder, ptrs, value, mask, *a):
+            check(ptrs, mask)
+            return store(builder, ptrs, value, mask, *a)
+
+        b.create_masked_load, b.create_masked_store, g._init_args_hst = masked_load, masked_store, init_args
+        return self
+
+    def _check(self, ptrs, mask):
+        import numpy as np
+
+        addr = np.broadcast_to(ptrs.data, np.broadcast_shapes(ptrs.data.shape, mask.data.shape))
+        addr = addr[np.broadcast_to(mask.data, addr.shape)].astype(np.int64)
+        if addr.size == 0:
+            return
+        self.accesses += addr.size
+        size = ptrs.get_element_ty().primitive_bitwidth // 8
+        inside = np.zeros(addr.shape, dtype=bool)
+        for lo, hi in self.ranges:
+            inside |= (addr >= lo) & (addr + size <= hi)
+        if not inside.all():
+            bad = addr[~inside][:4]
+            raise AssertionError(f"out-of-bounds addresses {bad.tolist()} (arguments span {self.ranges})")
+
+    def __exit__(self, *exc):
+        b, g = self.interp.InterpreterBuilder, self.interp.GridExecutor
+        b.create_masked_load, b.create_masked_store, g._init_args_hst = self.saved
+
+
+@needs_triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks addresses in Triton's interpreter")
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("N", [1, 63, 65, 130])
+def test_triton_every_gpu_config_in_bounds(causal, N):
+    """Every GPU autotuner config at the benchmark's head dims (D = Dv = 64, m = 256), in the
+    interpreter with every load and store bounds-checked, on lengths around chunk and
+    segment boundaries (1, 3 and 5 segments): exact, and no address outside its tensor."""
+    from panther.ops.attention.triton_kernels import GPU_OUTPUT_CONFIGS, GPU_STATE_CONFIGS, favor_forward
+
+    q, k, v, P = inputs(B=1, H=2, N=N, D=64, Dv=64, m=256, dtype=torch.float32, seed=N)
+    mask = padding_mask(1, N, seed=N) if N > 1 else None
+    want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), "softmax", causal, mask)
+    n = max(len(GPU_STATE_CONFIGS), len(GPU_OUTPUT_CONFIGS))
+    pairs = [(GPU_STATE_CONFIGS[i % len(GPU_STATE_CONFIGS)], GPU_OUTPUT_CONFIGS[i % len(GPU_OUTPUT_CONFIGS)])
+             for i in range(n)]
+    with _BoundsChecked() as checked:
+        for i, configs in enumerate(pairs):
+            segments = (1, 3, 5)[i % 3]
+            got = favor_forward(q, k, v, P, "softmax", causal, mask, segments=segments, configs=configs)
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5,
+                                       msg=lambda m: f"{configs}, {segments} segments: {m}")  # noqa: B023
+    assert checked.accesses > 0
+
+
 @needs_triton
 def test_triton_kernels_float16():
     from panther.ops.attention.triton_kernels import favor_forward

@@ -56,23 +56,29 @@ MAX_HEAD_DIM = 256
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+# The autotuner's configs on GPUs; the interpreter tunes nothing (one small config), but
+# tests run these explicitly there too.
+GPU_STATE_CONFIGS = [
+    triton.Config({"BF": bf, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bf, bn, w, s in ((64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2))
+]
+GPU_OUTPUT_CONFIGS = [
+    triton.Config({"CHUNK": c, "BDV": bdv}, num_warps=w, num_stages=s)
+    for c, bdv, w, s in ((32, 64, 8, 2), (64, 64, 8, 2), (32, 32, 8, 2), (64, 32, 8, 2), (16, 64, 4, 2),
+                         (16, 32, 4, 2), (32, 64, 8, 1))
+]
+
+
 def _state_configs():
     if _INTERPRET:
         return [triton.Config({"BF": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BF": bf, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bf, bn, w, s in ((64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2))
-    ]
+    return GPU_STATE_CONFIGS
 
 
 def _output_configs():
     if _INTERPRET:
         return [triton.Config({"CHUNK": 16, "BDV": 16}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"CHUNK": c, "BDV": bdv}, num_warps=w, num_stages=s)
-        for c, bdv, w, s in ((32, 64, 8, 2), (64, 64, 8, 2), (32, 32, 8, 2), (64, 32, 8, 2), (16, 64, 4, 2),
-                             (16, 32, 4, 2), (32, 64, 8, 1))
-    ]
+    return GPU_OUTPUT_CONFIGS
 
 
 STATE_CONFIGS = _state_configs()
@@ -120,6 +126,13 @@ def _segment_state_kernel(
     BF: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # One feature block of one segment's state: sum phi(k) v^T [BF, DV] and sum phi(k) [BF].
+    # Inductor passes Python float arguments as float64 scalars: without these casts every
+    # value derived from them is float64 and the loop-carried state changes type. tl.cast
+    # also takes the plain Python floats the interpreter passes.
+    logit_scale = tl.cast(logit_scale, tl.float32)
+    norm_scale = tl.cast(norm_scale, tl.float32)
+    inv_sqrt_m = tl.cast(inv_sqrt_m, tl.float32)
+    eps = tl.cast(eps, tl.float32)
     fb = tl.program_id(0)
     seg = tl.program_id(1)
     bh = tl.program_id(2)
@@ -141,7 +154,7 @@ def _segment_state_kernel(
     start = seg * SEG_LEN
     end = tl.minimum(start + SEG_LEN, S)
     for s0 in range(start, end, BLOCK_N):
-        rows = s0 + offs_n
+        rows = (s0 + offs_n).to(tl.int64)  # row offsets in int64: long sequences pass 2**31 elements
         r_ok = rows < end
         kk = tl.load(k_base + rows[:, None] * skn + offs_d[None, :] * skd, mask=r_ok[:, None] & d_ok[None, :],
                      other=0.0)
@@ -186,6 +199,13 @@ def _output_kernel(
     D_PAD: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     STATE_PRECISION: tl.constexpr, STATE_BF16: tl.constexpr, CHUNK: tl.constexpr, BDV: tl.constexpr,
 ):
+    # Inductor passes Python float arguments as float64 scalars: without these casts every
+    # value derived from them is float64 and the loop-carried state changes type. tl.cast
+    # also takes the plain Python floats the interpreter passes.
+    logit_scale = tl.cast(logit_scale, tl.float32)
+    norm_scale = tl.cast(norm_scale, tl.float32)
+    inv_sqrt_m = tl.cast(inv_sqrt_m, tl.float32)
+    eps = tl.cast(eps, tl.float32)
     dvb = tl.program_id(0)
     seg = tl.program_id(1)
     bh = tl.program_id(2)
@@ -214,7 +234,7 @@ def _output_kernel(
     start = seg * SEG_LEN
     end = tl.minimum(start + SEG_LEN, N)
     for l0 in range(start, end, CHUNK):
-        rows = l0 + offs_c
+        rows = (l0 + offs_c).to(tl.int64)
         r_ok = rows < end
         # projection rows are re-read per chunk (L1/L2 hits) rather than pinned in registers
         p = tl.load(p_ptr + offs_m[:, None] * spm + offs_d[None, :] * spd, mask=m_ok[:, None] & d_ok[None, :],
