@@ -5,11 +5,17 @@
 //   relu kernel:    phi(x) = m^-1/2 relu(x P^T) + eps
 //   out_l = phi(q_l) . sum_s phi(k_s) v_s^T / phi(q_l) . sum_s phi(k_s)   (s <= l when causal)
 //
-// The stabiliser c is the row max for a query and the max over all keys and features of a
-// (batch, head) for keys: constants that cancel exactly between numerator and denominator,
-// which is why the softmax features carry no additive epsilon (an epsilon would make the
-// result depend on c). Keys marked in key_padding_mask (True = masked out, as in
+// The stabiliser c is the row max for a query and, non-causal, the max over all keys and
+// features of a (batch, head) for keys: constants that cancel exactly between numerator and
+// denominator, which is why the softmax features carry no additive epsilon (an epsilon would
+// make the result depend on c). Keys marked in key_padding_mask (True = masked out, as in
 // nn.MultiheadAttention) get phi = 0.
+//
+// Causal, one constant over all keys fails: an early query whose keys all have large norms
+// (logits far below a later key's) sees only underflowed features, 0/0. There each key is
+// exponentiated against its own row max c_s (phi(k_s) = exp(t_s - c_s), largest entry 1) and
+// query l weighs key s by exp(c_s - M_l) <= 1 with M_l = max_{s' <= l} c_s': its own
+// constant, which cancels for that query. The chunked product carries this weight (below).
 //
 // The numerator and denominator are one product with V' = [V, 1]. The causal product
 //   R_l = sum_{s<=l} (A_l . B_s) C_s
@@ -99,18 +105,24 @@ at::Tensor keep_mask(const std::optional<at::Tensor>& mask, const FavorShape& s)
 struct Features {
   at::Tensor phi;  // [BH, L, m]
   at::Tensor aux;  // softmax: scaled input x'; relu: pre-activation u
+  at::Tensor lw;   // causal softmax keys: each key's stabiliser c_s [BH, L] (-inf where masked)
 };
 
-Features features(const at::Tensor& x, const at::Tensor& P, bool softmax, bool is_query, const at::Tensor& keep) {
+at::Tensor finite_or_zero(const at::Tensor& t) { return at::where(at::isfinite(t), t, at::zeros_like(t)); }
+
+// per_key: keys of the causal product, each against its own row max (returned as lw).
+Features features(const at::Tensor& x, const at::Tensor& P, bool softmax, bool is_query, const at::Tensor& keep,
+                  bool per_key = false) {
   const int64_t m = P.size(0), D = P.size(1);
   const double inv_sqrt_m = 1.0 / std::sqrt(static_cast<double>(m));
   if (softmax) {
     const auto xs = x.mul(std::pow(static_cast<double>(D), -0.25));
     auto t = at::matmul(xs, P.t()).sub_(xs.square().sum(-1, true).mul_(0.5));
     if (keep.defined()) t.masked_fill_(keep.logical_not(), -std::numeric_limits<double>::infinity());
-    auto c = is_query ? t.amax({-1}, true) : t.amax({-2, -1}, true);
-    c = at::where(at::isfinite(c), c, at::zeros_like(c));  // every key masked: phi = 0, not NaN
-    return {t.sub_(c).exp_().mul_(inv_sqrt_m), xs};
+    auto c = is_query || per_key ? t.amax({-1}, true) : t.amax({-2, -1}, true);
+    const auto lw = per_key ? c.squeeze(-1) : at::Tensor();
+    c = finite_or_zero(c);  // every key masked: phi = 0, not NaN
+    return {t.sub_(c).exp_().mul_(inv_sqrt_m), xs, lw};
   }
   const auto u = at::matmul(x, P.t());
   auto phi = u.relu().mul_(inv_sqrt_m).add_(kReluEps);
@@ -130,8 +142,14 @@ at::Tensor features_backward(const at::Tensor& dphi, const Features& f, const at
   return at::matmul(du, P);
 }
 
-// R_l = sum_{s <= l} (A_l . B_s) C_s for A, B [BH, N, m], C [BH, N, X]: chunked, vectorised.
-at::Tensor causal_product(const at::Tensor& A, const at::Tensor& Bk, const at::Tensor& Cv, int64_t chunk) {
+// R_l = sum_{s <= l} (A_l . B_s) w_ls C_s for A, B [BH, N, m], C [BH, N, X]: chunked, vectorised.
+// Without lw, w_ls = 1. With per-key log-weights lw [BH, N] (-inf: weight 0),
+// w_ls = exp(lw_s - M_l), M_l = max_{s' <= l} lw_s': every exponent is <= 0, so no weight
+// overflows and the largest one a query sees is 1. The chunk states are then kept relative
+// to the max of their own chunk, the carried state relative to the running max, and each
+// group of chunks combines its states with pairwise weights exp(cmax_g' - M_g) (g' < g).
+at::Tensor causal_product(const at::Tensor& A, const at::Tensor& Bk, const at::Tensor& Cv, int64_t chunk,
+                          const at::Tensor& lw = at::Tensor()) {
   const int64_t BH = A.size(0), N = A.size(1), m = A.size(2), X = Cv.size(2);
   const int64_t C = std::min<int64_t>(chunk, std::max<int64_t>(N, 1));
   const int64_t n_chunks = (N + C - 1) / C, pad = n_chunks * C - N;
@@ -141,27 +159,69 @@ at::Tensor causal_product(const at::Tensor& A, const at::Tensor& Bk, const at::T
   const auto c = padded(Cv).view({BH, n_chunks, C, X});
   const auto causal_mask = at::ones({C, C}, A.options().dtype(at::kBool)).tril();
   const int64_t group = std::max<int64_t>(1, kStateBudget / std::max<int64_t>(1, BH * m * X));
+  const bool weighted = lw.defined();
+  const double inf = std::numeric_limits<double>::infinity();
+  at::Tensor lwc, run_max, chunk_max, state_max;
+  if (weighted) {
+    lwc = (pad ? at::constant_pad_nd(lw, {0, pad}, -inf) : lw).view({BH, n_chunks, C});
+    run_max = std::get<0>(lwc.view({BH, n_chunks * C}).cummax(1)).view({BH, n_chunks, C});  // M_l
+    chunk_max = lwc.amax(-1);                                                            // [BH, n_chunks]
+    state_max = at::full({BH, 1}, -inf, A.options());  // the carried state's reference
+  }
   auto state = at::zeros({BH, 1, m, X}, A.options());
   auto out = at::empty({BH, n_chunks, C, X}, A.options());
   for (int64_t g0 = 0; g0 < n_chunks; g0 += group) {
     const int64_t g = std::min(group, n_chunks - g0);
-    const auto ag = a.narrow(1, g0, g), bg = b.narrow(1, g0, g), cg = c.narrow(1, g0, g);
-    const auto kv = at::matmul(bg.transpose(-1, -2), cg);  // [BH, g, m, X] per-chunk states
-    const auto inclusive = kv.cumsum(1);
-    const auto before = (inclusive - kv).add_(state);  // state entering each chunk
+    const auto ag = a.narrow(1, g0, g), cg = c.narrow(1, g0, g);
+    auto bg = b.narrow(1, g0, g);
     auto scores = at::matmul(ag, bg.transpose(-1, -2));  // [BH, g, C, C]
-    scores.mul_(causal_mask);
-    auto o = at::matmul(ag, before);
+    if (!weighted) {
+      const auto kv = at::matmul(bg.transpose(-1, -2), cg);  // [BH, g, m, X] per-chunk states
+      const auto inclusive = kv.cumsum(1);
+      const auto before = (inclusive - kv).add_(state);  // state entering each chunk
+      scores.mul_(causal_mask);
+      auto o = at::matmul(ag, before);
+      o.add_(at::matmul(scores, cg));
+      out.narrow(1, g0, g).copy_(o);
+      state = state + inclusive.narrow(1, g - 1, 1);
+      continue;
+    }
+    const auto lg = lwc.narrow(1, g0, g);                            // [BH, g, C]
+    const auto mq = finite_or_zero(run_max.narrow(1, g0, g));        // M_l
+    const auto cm = chunk_max.narrow(1, g0, g);                      // [BH, g]
+    // per-chunk states relative to their chunk's max
+    const auto kw = (lg - finite_or_zero(cm).unsqueeze(-1)).exp_();  // [BH, g, C]
+    const auto kv = at::matmul(bg.mul(kw.unsqueeze(-1)).transpose(-1, -2), cg);
+    // the reference of the state entering chunk g: max(carried, chunks g0 .. g-1)
+    const auto seen = std::get<0>(cm.cummax(1));
+    const auto enter = at::maximum(at::cat({state_max, seen.narrow(1, 0, g - 1)}, 1), state_max);  // [BH, g]
+    const auto enter0 = finite_or_zero(enter);
+    const auto earlier = at::ones({g, g}, A.options().dtype(at::kBool)).tril(-1);  // [g, g']: g' < g
+    const auto pair = at::where(earlier, cm.unsqueeze(1) - enter0.unsqueeze(2), -inf).exp_();  // [BH, g, g']
+    auto before = at::matmul(pair, kv.view({BH, g, m * X})).view({BH, g, m, X});
+    before.add_(state * (state_max - enter0).exp().view({BH, g, 1, 1}));
+    // query l: the inter-chunk term scaled by exp(enter - M_l), the intra-chunk one by exp(lw_s - M_l)
+    const auto inter = at::where(at::isfinite(enter).unsqueeze(-1), (enter0.unsqueeze(-1) - mq).exp(),
+                                 at::zeros_like(mq));
+    scores.mul_(at::where(causal_mask, lg.unsqueeze(2) - mq.unsqueeze(3), -inf).exp_());
+    auto o = at::matmul(ag, before).mul_(inter.unsqueeze(-1));
     o.add_(at::matmul(scores, cg));
     out.narrow(1, g0, g).copy_(o);
-    state = state + inclusive.narrow(1, g - 1, 1);
+    // carry the group's total relative to the new running max
+    const auto new_max = at::maximum(state_max, cm.amax(1, true));
+    const auto new0 = finite_or_zero(new_max);
+    const auto w = (cm - new0).exp();  // [BH, g]
+    state = state * (state_max - new0).exp().view({BH, 1, 1, 1}) +
+            at::matmul(w.unsqueeze(1), kv.view({BH, g, m * X})).view({BH, 1, m, X});
+    state_max = new_max;
   }
   return out.view({BH, n_chunks * C, X}).narrow(1, 0, N);
 }
 
 // The same sum over s >= l (anti-causal), through flipped sequences.
-at::Tensor anticausal_product(const at::Tensor& A, const at::Tensor& Bk, const at::Tensor& Cv, int64_t chunk) {
-  return causal_product(A.flip({1}), Bk.flip({1}), Cv.flip({1}), chunk).flip({1});
+at::Tensor anticausal_product(const at::Tensor& A, const at::Tensor& Bk, const at::Tensor& Cv, int64_t chunk,
+                              const at::Tensor& lw = at::Tensor()) {
+  return causal_product(A.flip({1}), Bk.flip({1}), Cv.flip({1}), chunk, lw.defined() ? lw.flip({1}) : lw).flip({1});
 }
 
 struct Forward {
@@ -179,11 +239,11 @@ Forward forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const auto keep = keep_mask(mask, s);
   Forward f;
   f.fq = features(flat(q, wt), Pw, softmax, true, at::Tensor());
-  f.fk = features(flat(k, wt), Pw, softmax, false, keep);
+  f.fk = features(flat(k, wt), Pw, softmax, false, keep, causal && softmax);
   const auto vw = flat(v, wt);
   f.v1 = at::cat({vw, at::ones({vw.size(0), vw.size(1), 1}, vw.options())}, -1);
   if (causal) {
-    f.R = causal_product(f.fq.phi, f.fk.phi, f.v1, chunk);
+    f.R = causal_product(f.fq.phi, f.fk.phi, f.v1, chunk, f.fk.lw);
   } else {
     f.R = at::matmul(f.fq.phi, at::matmul(f.fk.phi.transpose(-1, -2), f.v1));
   }
@@ -230,9 +290,20 @@ std::tuple<OptTensor, OptTensor, OptTensor> favor_attention_backward(
   const auto dR = at::cat({g / den, -(g * out).sum(-1, true) / den}, -1);
   at::Tensor da, db, dv1;
   if (causal) {
-    if (mask[0]) da = causal_product(dR, f.v1, f.fk.phi, chunk);
-    if (mask[1]) db = anticausal_product(f.v1, dR, f.fq.phi, chunk);
-    if (mask[2]) dv1 = anticausal_product(f.fk.phi, f.fq.phi, dR, chunk);
+    // Weighted (causal softmax): key s reaches query l with weight exp(lw_s - M_l). The
+    // products over queries l >= s weigh query l by exp(-M_l) (their running max from the
+    // right is -M_s: M is non-decreasing) and the rows by exp(lw_s - M_s) <= 1.
+    const auto& lw = f.fk.lw;
+    at::Tensor neg_m, rows;
+    if (lw.defined()) {
+      const auto M = finite_or_zero(std::get<0>(lw.cummax(1)));
+      neg_m = M.neg();
+      rows = (lw - M).exp_().unsqueeze(-1);
+    }
+    auto weigh = [&](at::Tensor t) { return rows.defined() ? t.mul_(rows) : t; };
+    if (mask[0]) da = causal_product(dR, f.v1, f.fk.phi, chunk, lw);
+    if (mask[1]) db = weigh(anticausal_product(f.v1, dR, f.fq.phi, chunk, neg_m));
+    if (mask[2]) dv1 = weigh(anticausal_product(f.fk.phi, f.fq.phi, dR, chunk, neg_m));
   } else {
     const auto kv = at::matmul(f.fk.phi.transpose(-1, -2), f.v1);  // [BH, m, Dv+1]
     if (mask[0]) da = at::matmul(dR, kv.transpose(-1, -2));
