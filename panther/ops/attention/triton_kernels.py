@@ -64,7 +64,10 @@ GPU_STATE_CONFIGS = [
 ]
 GPU_OUTPUT_CONFIGS = [
     triton.Config({"CHUNK": c, "BDV": bdv}, num_warps=w, num_stages=s)
-    for c, bdv, w, s in ((32, 64, 8, 2), (64, 64, 8, 2), (32, 32, 8, 2), (64, 32, 8, 2), (16, 64, 4, 2),
+    # (CHUNK 64, BDV 32, 8 warps, 2 stages) is left out: Triton 3.6 code for it faults with an
+    # illegal memory access in the causal kernel on an H200 (benchmarks/attention_configs.py),
+    # although its addressing stays in bounds in the interpreter.
+    for c, bdv, w, s in ((32, 64, 8, 2), (64, 64, 8, 2), (32, 32, 8, 2), (16, 64, 4, 2),
                          (16, 32, 4, 2), (32, 64, 8, 1))
 ]
 
