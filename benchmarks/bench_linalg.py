@@ -6,7 +6,11 @@
 CPU: CQRRPT vs scipy GEQP3 (LAPACK pivoted QR) and GEQRF (scipy economic QR), float64.
 GPU: CQRRPT vs torch.linalg.qr (cuSOLVER geqrf+orgqr). Every row gives the relative
 reconstruction error ‖M[:,J] − QR‖/‖M‖ and ‖QᵀQ − I‖_F, so speed is compared at measured
-accuracy. RSVD rows compare with torch.svd_lowrank at equal (k, oversampling, iterations).
+accuracy; ``cqrrpt speedup`` is the row's time over CQRRPT's in the same run. The CQRRPT floor
+is its own minimum work at the rates measured in the run: 3 GEMMs of 2mn² flops (M·W, the Gram,
+A·L⁻ᵀ) or, where larger, reading M twice (sketch, GEMM) and writing Q once.
+RSVD rows compare with torch.svd_lowrank at equal (k, oversampling p, power iterations q),
+with both errors against the optimal rank-k error; the floor is 2q+3 GEMMs of 2mnl flops.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 
 import panther as pr
 
-from .harness import parser, report, sync, time_ms
+from .harness import floor_ms, parser, report, sync, time_ms
 
 
 def _errors(M, Q, R, J):
@@ -41,6 +45,7 @@ def bench_qr(device, shapes, dtypes, min_run_time):
                 runs["scipy geqrf (unpivoted)"] = lambda: scipy.linalg.qr(Mn, mode="economic")
             runs["torch.linalg.qr"] = lambda: torch.linalg.qr(M)
             base = None
+            floor = floor_ms(3 * M.numel() * M.element_size(), 6 * m * n * n, device, dtype)
             for name, fn in runs.items():
                 ms = time_ms(lambda: (fn(), sync(device)), device, min_run_time=min_run_time)
                 out = fn()
@@ -57,6 +62,7 @@ def bench_qr(device, shapes, dtypes, min_run_time):
                 base = base or ms
                 rows.append({"op": name, "dtype": str(dtype).split(".")[-1], "m": m, "n": n, "ms": ms,
                              "cqrrpt speedup": None if name == "cqrrpt" else ms / base,
+                             "x floor": ms / floor if name == "cqrrpt" else None, "floor ms": floor,
                              "rel recon err": rec, "orth err": orth})
     return rows
 
@@ -71,6 +77,9 @@ def bench_rsvd(device, shapes, dtypes, k, p, q, min_run_time):
             s = 0.95 ** torch.arange(n, device=device, dtype=dtype)
             A = (U0 * s) @ V0.T
             optimal = s[k:].double().norm().item()
+            l = k + p
+            floor = floor_ms((2 * q + 3) * A.numel() * A.element_size(), (2 * q + 3) * 2 * m * n * l, device, dtype)
+            base = None
             runs = {
                 "panther randomized_svd": lambda: pr.linalg.randomized_svd(A, k, oversampling=p, power_iters=q),
                 "torch.svd_lowrank": lambda: torch.svd_lowrank(A, q=k + p, niter=q),
@@ -80,8 +89,10 @@ def bench_rsvd(device, shapes, dtypes, k, p, q, min_run_time):
                 U, S, V = fn()
                 U, S, V = U[:, :k], S[:k], V[:, :k]
                 err = (A.double() - (U.double() * S.double()) @ V.double().T).norm().item()
+                base = base or ms
                 rows.append({"op": name, "dtype": str(dtype).split(".")[-1], "m": m, "n": n, "k": k, "p": p,
-                             "iters": q, "ms": ms, "err / optimal": err / optimal})
+                             "iters": q, "ms": ms, "panther speedup": None if name.startswith("panther") else ms / base,
+                             "x floor": ms / floor, "floor ms": floor, "err / optimal": err / optimal})
     return rows
 
 

@@ -4,9 +4,11 @@
     python -m benchmarks.bench_sketch --device cuda --out DIR
 
 A is m x n float32 (1 GiB on GPU: m = 2^21, n = 128); the sketch maps m -> d = 512 rows.
-The floor is one read of A at the copy bandwidth measured in the same run. The earlier
-Panther style (materialise a dense [d, m] operator, then a GEMM) is timed beside it,
-construction excluded, on a smaller m where it fits.
+The floor is one read of A at the copy bandwidth measured in the same run. On CUDA the
+sparse sketches run the bucket-sorted segmented-sum kernel (the default); the atomic
+scatter kernel it replaced is timed beside it. The earlier Panther style (materialise a
+dense [d, m] operator, then a GEMM) is timed beside them, construction excluded, on a
+smaller m where it fits.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def main(argv=None):
     for name, op in ops.items():
         ms = time_ms(lambda: (op.apply(A, 0), sync(dev)), dev, min_run_time=mrt)
         rows.append({"op": name + " apply", "m": m, "n": n, "d": d, "ms": ms, "x floor": ms / read_ms})
+        if gpu and isinstance(op, pr.sketch.SparseSketch):
+            scatter = torch.ops.panther.sparse_sketch_apply_triton
+            ms = time_ms(lambda: (scatter(A, op.rows, op.vals, d, 0), sync(dev)), dev, min_run_time=mrt)
+            rows.append({"op": name + " apply (atomic scatter)", "m": m, "n": n, "d": d, "ms": ms,
+                         "x floor": ms / read_ms})
     # Earlier-Panther style: a dense operator, then S @ A (construction not timed).
     m_dense = min(m, 1 << 18)
     A_small = A[:m_dense]

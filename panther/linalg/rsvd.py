@@ -63,6 +63,9 @@ def _svd_of_qb(Q, B, r):
 
 def _fixed_rank(A, k, oversampling, power_iters, generator):
     m, n = A.shape[-2:]
+    if m < n:  # work on the tall Aᵀ: the panel QRs and the SVD of B are then on the smaller side
+        V, S, U = _fixed_rank(A.mT, k, oversampling, power_iters, generator)
+        return U, S, V
     l = min(k + oversampling, m, n)
     omega = torch.randn((*A.shape[:-2], n, l), generator=generator, device=A.device, dtype=A.dtype)
     Q = torch.linalg.qr(A @ omega).Q

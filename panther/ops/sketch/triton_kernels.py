@@ -5,6 +5,14 @@ sparse_scatter: out = S A along one axis, S [d, m] sparse with s non-zeros per c
     atomically adds its s signed copies into the output rows they hash to. The output
     (d x post per pre index) is small and stays in L2, so the kernel streams A once: the
     memory floor of a sketch. Accumulation is float32 (float64 for float64 inputs).
+sparse_segment_sum: out = S A along one axis when A's rows along it are wide (post >= 16):
+    the non-zeros are bucket-sorted by output row at operator creation (``order``: flat
+    indices into rows/vals in output-row order, ``offsets``: segment starts), so one program
+    owns one output row x column tile and sums its segment of input rows: no atomics,
+    deterministic. Within a segment the input rows ascend (a stable sort), and the d x tiles
+    programs are resident together, so they sweep A front to back at about the same pace:
+    an input row read by one of its s output segments is still in L2 when the others ask,
+    and HBM sees about one read of A even for s > 1.
 sparse_gather: out = Sᵀ G (the adjoint): each output tile gathers s rows of G, no atomics.
 fwht: orthonormal Walsh–Hadamard transform of rows of power-of-two length n <= MAX_FWHT_N,
     one read and one write per row: the butterfly runs in registers, stage h pairing
@@ -81,6 +89,58 @@ def _sparse_gather_kernel(
         out_ptr + offs_p[:, None, None] * (M * POST) + offs_i[None, :, None] * POST + offs_q[None, None, :],
         acc.to(out_ptr.dtype.element_ty), mask=mask,
     )
+
+
+@triton.jit
+def _segment_sum_kernel(
+    a_ptr, order_ptr, vals_ptr, offsets_ptr, out_ptr,
+    M, POST, D, S, TILES_Q,
+    BLOCK_T: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    tq = pid % TILES_Q
+    r = (pid // TILES_Q) % D
+    p = (pid // (TILES_Q * D)).to(tl.int64)
+    offs_q = (tq * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
+    mask_q = offs_q < POST
+    start = tl.load(offsets_ptr + r)
+    end = tl.load(offsets_ptr + r + 1)
+    acc = tl.zeros((BLOCK_Q,), dtype=tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32)
+    a_base = a_ptr + p * M * POST
+    for t0 in range(start, end, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mask_t = offs_t < end
+        e = tl.load(order_ptr + offs_t, mask=mask_t, other=0).to(tl.int64)  # flat index into rows/vals
+        v = tl.load(vals_ptr + e, mask=mask_t, other=0.0).to(acc.dtype)
+        a = tl.load(a_base + (e // S)[:, None] * POST + offs_q[None, :],
+                    mask=mask_t[:, None] & mask_q[None, :], other=0.0).to(acc.dtype)
+        acc += tl.sum(a * v[:, None], axis=0)
+    tl.store(out_ptr + p * D * POST + r * POST + offs_q, acc.to(out_ptr.dtype.element_ty), mask=mask_q)
+
+
+SEGMENT_MIN_POST = 16  # narrower rows (< 64 bytes in float32) read too little per gather: scatter
+
+
+def sparse_segment_sum(A, rows, vals, order, offsets, d: int, dim: int, launch=lambda kernel: kernel):
+    """S A along ``dim`` (already wrapped) through the bucket-sorted non-zeros (see the module
+    docstring); falls back to ``sparse_scatter`` when the rows along ``dim`` are narrow."""
+    pre, m, post = _layout(A.shape, dim)
+    if post < SEGMENT_MIN_POST:
+        return sparse_scatter(A, rows, vals, d, dim, launch)
+    A = A.contiguous()
+    out_shape = list(A.shape)
+    out_shape[dim] = d
+    out = torch.empty(out_shape, dtype=A.dtype, device=A.device)
+    if out.numel() == 0:
+        return out
+    bq = min(triton.next_power_of_2(post), 128)
+    bt = max(1, (1024 if _INTERPRET else 4096) // bq)
+    tiles_q = triton.cdiv(post, bq)
+    launch(_segment_sum_kernel)[(pre * d * tiles_q,)](
+        A, order.contiguous(), vals.contiguous(), offsets.contiguous(), out, m, post, d, rows.shape[1], tiles_q,
+        BLOCK_T=bt, BLOCK_Q=bq, num_warps=4,
+    )
+    return out
 
 
 def _tiles(pre: int, mid: int, post: int) -> tuple[int, int, int]:

@@ -1,7 +1,10 @@
 """Triton ops for the sketch kernels: the GPU path of panther.sketch.
 
 torch.ops.panther.sparse_sketch_apply_triton / sparse_sketch_apply_t_triton / fwht_triton
-have the schema, math and gradients of the C++ ops sparse_sketch_apply / _t / fwht. On CUDA
+have the schema, math and gradients of the C++ ops sparse_sketch_apply / _t / fwht.
+torch.ops.panther.sparse_sketch_apply_sorted_triton(A, rows, vals, order, offsets, d, dim) is
+sparse_sketch_apply with the operator's non-zeros also given bucket-sorted by output row
+(``bucket_order``), for the segmented-sum kernel on CUDA; elsewhere it is the C++ op. On CUDA
 they launch the Triton kernels of triton_kernels.py; on every other device (CPU in CI)
 their body calls the C++ op, so one entry point serves all devices, eagerly and under
 torch.compile (which decomposes a triton_op into its body and sees the kernels).
@@ -15,7 +18,7 @@ from . import checks
 
 from .._triton import triton_available
 
-sparse_sketch_apply_triton = sparse_sketch_apply_t_triton = fwht_triton = None
+sparse_sketch_apply_triton = sparse_sketch_apply_sorted_triton = sparse_sketch_apply_t_triton = fwht_triton = None
 
 if triton_available:
     from . import triton_kernels as tk
@@ -30,6 +33,16 @@ if triton_available:
         if A.device.type != "cuda":
             return _ops.sparse_sketch_apply(A, rows, vals, d, dim)
         return tk.sparse_scatter(A, rows, vals, d, wd, launch=torch.library.wrap_triton)
+
+    @torch.library.triton_op("panther::sparse_sketch_apply_sorted_triton", mutates_args=())
+    def sparse_sketch_apply_sorted_triton(
+        A: torch.Tensor, rows: torch.Tensor, vals: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
+        d: int, dim: int,
+    ) -> torch.Tensor:
+        wd = checks.check_sorted(A, rows, vals, order, offsets, d, dim)
+        if A.device.type != "cuda":
+            return _ops.sparse_sketch_apply(A, rows, vals, d, dim)
+        return tk.sparse_segment_sum(A, rows, vals, order, offsets, d, wd, launch=torch.library.wrap_triton)
 
     @torch.library.triton_op("panther::sparse_sketch_apply_t_triton", mutates_args=())
     def sparse_sketch_apply_t_triton(
@@ -60,6 +73,16 @@ if triton_available:
         rows, vals = ctx.saved_tensors
         return sparse_sketch_apply_triton(grad, rows, vals, ctx.d, ctx.dim), None, None, None, None
 
+    def _setup_sorted(ctx, inputs, output):
+        _, rows, vals, _, _, d, dim = inputs
+        ctx.save_for_backward(rows, vals)
+        ctx.d, ctx.dim = d, dim
+
+    def _sorted_backward(ctx, grad):
+        rows, vals = ctx.saved_tensors
+        return sparse_sketch_apply_t_triton(grad, rows, vals, ctx.d, ctx.dim), None, None, None, None, None, None
+
     sparse_sketch_apply_triton.register_autograd(_apply_backward, setup_context=_setup)
+    sparse_sketch_apply_sorted_triton.register_autograd(_sorted_backward, setup_context=_setup_sorted)
     sparse_sketch_apply_t_triton.register_autograd(_apply_t_backward, setup_context=_setup)
     fwht_triton.register_autograd(lambda ctx, grad: fwht_triton(grad))
