@@ -267,6 +267,33 @@ def test_triton_segment_sum(dtype, shape, dim):
     assert torch.equal(out, again)  # no atomics: bitwise deterministic
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("shape, dim, block", [((300, 5), 0, 16), ((2, 256, 8), 1, 256), ((1000, 3), 0, 64),
+                                               ((64, 4), 0, 1024), ((3, 100, 2, 6), 1, 8)])
+def test_triton_srht_sampled(dtype, shape, dim, block):
+    """The two-level sampled Hadamard kernels: one block (block >= N) and many (block < N)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n = shape[dim]
+    op = pr.sketch.srht_operator(min(50, n), n, dtype=F64, generator=torch.Generator().manual_seed(4))
+    A = torch.randn(shape, dtype=F64)
+    expected = torch.movedim(torch.tensordot(op.to_dense(), A, dims=([1], [dim])), 0, dim)
+    out = tk.srht_sampled(A.to(device, dtype), op.signs.to(device, dtype), op.index.to(device), dim, block=block)
+    assert out.dtype == dtype and out.shape == expected.shape
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=tol, atol=tol)
+
+
+def test_opcheck_srht():
+    op = pr.sketch.srht_operator(9, 30, dtype=F64, generator=torch.Generator().manual_seed(0))
+    fn = torch.ops.panther.srht_apply_triton
+    torch.library.opcheck(fn, (torch.randn(30, 4, dtype=F64, requires_grad=True), op.signs, op.index, 0))
+    torch.library.opcheck(fn, (torch.randn(2, 30, dtype=F64, requires_grad=True), op.signs, op.index, -1))
+    with pytest.raises(RuntimeError, match="signs must be a 1-D tensor of A.shape"):
+        fn(torch.randn(31, 4, dtype=F64), op.signs, op.index, 0)
+    with pytest.raises(RuntimeError, match="index must be a 1-D int64"):
+        fn(torch.randn(30, 4, dtype=F64), op.signs, op.index.int(), 0)
+
+
 @pytest.mark.parametrize("n, max_n", [(1, 8192), (64, 8192), (1024, 8192), (256, 16)])
 def test_triton_fwht(n, max_n):
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -416,6 +443,13 @@ def test_gpu_compile_and_opcheck():
     a = torch.randn(1000, 64, device="cuda", requires_grad=True)
     torch.library.opcheck(torch.ops.panther.sparse_sketch_apply_triton, (a, S.rows, S.vals, 32, 0))
     torch.library.opcheck(torch.ops.panther.fwht_triton, (torch.randn(4, 2048, device="cuda"),))
+    R = pr.sketch.srht_operator(16, 3000, device="cuda")
+    torch.library.opcheck(torch.ops.panther.srht_apply_triton,
+                          (torch.randn(3000, 8, device="cuda", requires_grad=True), R.signs, R.index, 0))
+    order, offsets = _sk.bucket_order(S.rows, 32)
+    torch.library.opcheck(torch.ops.panther.sparse_sketch_apply_sorted_triton,
+                          (a, S.rows, S.vals, order, offsets, 32, 0))
+    assert torch.equal(S.apply(a, 0), S.apply(a, 0))  # the sorted segmented sum is deterministic
     f = torch.compile(lambda x: S.apply(x, 0), fullgraph=True)
     torch.testing.assert_close(f(a), S.apply(a, 0))
     g = torch.Generator(device="cuda").manual_seed(0)

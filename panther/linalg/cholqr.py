@@ -23,18 +23,19 @@ def gram(X: torch.Tensor) -> torch.Tensor:
     return Xd.mT @ Xd
 
 
-def cholesky_rank(L: torch.Tensor, info: int, k: int, eps: float) -> int:
-    """Columns of X kept after a Cholesky of XᵀX that failed at ``info`` (1-based, 0 = success)
-    or whose diagonal collapses: L_ii < √eps · max_j L_jj (eps: the unit roundoff of X's dtype)
-    means X's column i is, to X's precision, in the span of the previous ones (CholeskyQR
-    cannot orthogonalise it)."""
-    r = k if info == 0 else info - 1
-    if r == 0:
-        return 0
-    diag = L.diagonal()[:r]
-    bad = (diag <= math.sqrt(eps) * diag.max()) | ~torch.isfinite(diag)
-    first = int(torch.argmax(bad.to(torch.int8))) if bool(bad.any()) else r
-    return first
+def cholesky_rank(L: torch.Tensor, info: torch.Tensor, eps: float) -> int:
+    """Columns of X kept after a Cholesky of XᵀX (``cholesky_ex``'s L and info: 0 = success, else
+    the 1-based order of the first non-positive pivot) or whose diagonal collapses:
+    L_ii < √eps · max_j L_jj (eps: the unit roundoff of X's dtype) means X's column i is, to X's
+    precision, in the span of the previous ones (CholeskyQR cannot orthogonalise it).
+    Evaluated on L's device; one host sync for the result."""
+    k = L.shape[-1]
+    diag = L.diagonal()
+    valid = torch.arange(k, device=L.device) < torch.where(info == 0, k, info - 1)
+    valid &= torch.isfinite(diag)
+    top = torch.where(valid, diag, torch.zeros_like(diag)).max()
+    good = valid & (diag > math.sqrt(eps) * top)
+    return int(good.to(torch.int32).cumprod(0).sum())  # length of the leading run of good columns
 
 
 def cholqr_step(X: torch.Tensor):
@@ -46,9 +47,8 @@ def cholqr_step(X: torch.Tensor):
     as accurate here because X is preconditioned: κ(L) = κ(X) = O(1), so the inverse is
     computed to O(κ(L)·u) and the product's rounding error is O(κ(L)·u) per row as well.
     """
-    k = X.shape[-1]
     L, info = torch.linalg.cholesky_ex(gram(X))
-    r = cholesky_rank(L, int(info), k, torch.finfo(X.dtype).eps)
+    r = cholesky_rank(L, info, torch.finfo(X.dtype).eps)
     Lr = L[:r, :r]
     Linv_t = torch.linalg.solve_triangular(Lr, torch.eye(r, dtype=L.dtype, device=L.device), upper=False).mT
     return X[:, :r] @ Linv_t.to(X.dtype), Lr.mT, r

@@ -8,11 +8,13 @@ other devices), the C++ ops otherwise.
 import torch
 
 from . import op  # noqa: F401  (registers fakes and autograd)
+from .op import srht_composite
 from .triton_op import (
     fwht_triton,
     sparse_sketch_apply_sorted_triton,
     sparse_sketch_apply_t_triton,
     sparse_sketch_apply_triton,
+    srht_apply_triton,
     triton_available,
 )
 
@@ -48,6 +50,13 @@ def sparse_apply_t(G, rows, vals, d: int, dim: int):
     return _ops.sparse_sketch_apply_t(G, rows, vals, d, dim)
 
 
+def srht_apply(A, signs, index, dim: int):
+    """The SRHT √(N/d)·R·(H_N/√N)·D·pad(A) along ``dim`` (wrapped), d = len(index)."""
+    if triton_available:
+        return srht_apply_triton(A, signs, index, dim)
+    return srht_composite(A, signs, index, dim)
+
+
 def fwht(x):
     """Orthonormal fast Walsh–Hadamard transform of the last axis (power-of-two length)."""
     if triton_available:
@@ -55,4 +64,4 @@ def fwht(x):
     return _ops.fwht(x)
 
 
-__all__ = ["bucket_order", "fwht", "sparse_apply", "sparse_apply_t", "triton_available"]
+__all__ = ["bucket_order", "fwht", "sparse_apply", "sparse_apply_t", "srht_apply", "triton_available"]
