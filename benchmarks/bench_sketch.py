@@ -19,6 +19,7 @@ import sys
 import torch
 
 import panther as pr
+from panther.ops.sketch import triton_kernels as tk
 from panther.ops.sketch.op import srht_composite
 
 from .harness import bandwidth_bytes_per_s, parser, report, sync, time_ms
@@ -55,6 +56,12 @@ def main(argv=None):
                          min_run_time=mrt)
             rows.append({"op": name + " apply (full FWHT + select)", "m": m, "n": n, "d": d, "ms": ms,
                          "x floor": ms / read_ms})
+            # The first-level block trades register tile width against the intermediate's size.
+            for block in (512, 2048):
+                ms = time_ms(lambda: (tk.srht_sampled(A, signs, op.index, 0, block=block), sync(dev)), dev,
+                             min_run_time=mrt)
+                rows.append({"op": f"{name} apply (block {block})", "m": m, "n": n, "d": d, "ms": ms,
+                             "x floor": ms / read_ms})
     # Earlier-Panther style: a dense operator, then S @ A (construction not timed).
     m_dense = min(m, 1 << 18)
     A_small = A[:m_dense]

@@ -1,12 +1,14 @@
 """Randomized SVD (Halko, Martinsson, Tropp 2011; blocked adaptive QB after Martinsson & Voronin 2016).
 
 Fixed rank (tol=None): the cost structure of ``torch.svd_lowrank`` (HMT Algorithms 4.4 and 5.1):
-l = k + oversampling Gaussian test vectors, Y = A Ω (one GEMM), Q = qr(Y) (Householder, on the
-m x l panel), ``power_iters`` rounds of Q ← qr(A qr(Aᵀ Q)), then B = QᵀA, B = Ũ Σ Vᵀ, U = Q Ũ.
-Every product is re-orthonormalised: without it the columns of (AAᵀ)^q AΩ align with the top
-singular vectors and the ones below σ₁·u^{1/(2q+1)} are lost to rounding. Householder QR of
-the thin panel is cheaper than a sketched Cholesky QR at these sizes (l is tens to hundreds)
-and needs no rank checks. Expected error ≲ (1 + 4√(k+p)/(p−1)·√min(m,n))^{1/(2q+1)} σ_{k+1}
+l = k + oversampling Gaussian test vectors, Y = A Ω (one GEMM), ``power_iters`` rounds of
+Y ← A·basis(Aᵀ·basis(Y)), then Q = qr(Y) (Householder, on the m x l panel), B = QᵀA,
+B = Ũ Σ Vᵀ, U = Q Ũ. Every product is re-normalised: without it the columns of (AAᵀ)^q AΩ
+align with the top singular vectors and the ones below σ₁·u^{1/(2q+1)} are lost to rounding.
+Inside the power iterations the basis only has to span range(Y) and be well conditioned, not
+be orthonormal (the next product and the final Householder QR see the same subspace), so
+``_basis`` uses one shifted Cholesky QR with a float64 Gram: two thin GEMMs and an l x l
+Cholesky, no host sync, where svd_lowrank runs a Householder QR (geqrf + orgqr) every time. Expected error ≲ (1 + 4√(k+p)/(p−1)·√min(m,n))^{1/(2q+1)} σ_{k+1}
 (HMT Cor. 10.10 with q power iterations). Leading batch dimensions are handled by the
 batched GEMM/QR/SVD, each matrix with its own test vectors.
 
@@ -61,6 +63,25 @@ def _svd_of_qb(Q, B, r):
     return Q @ Ub[..., :r], S[..., :r], Vh[..., :r, :].mT
 
 
+def _basis(Y: torch.Tensor) -> torch.Tensor:
+    """A well-conditioned basis Y L⁻ᵀ of range(Y) for the power iterations (shifted CholeskyQR).
+
+    G = YᵀY is formed in float64, so its rounding error is ≲ l·u₆₄·‖Y‖²_F, and L = chol(G + sI)
+    with s = 16·l·u₆₄·‖Y‖²_F (> 0 even for Y = 0) exists without a check (no host sync). L is
+    invertible, so Y L⁻ᵀ spans exactly range(Y): directions of Y with σ_i² ≫ s come out
+    orthonormal, weaker ones are damped by σ_i/√s but kept (they stay far above the rounding of
+    the float32/float64 products that follow). Exactly rank-deficient Y keeps its zero directions.
+    """
+    Yd = Y.double()
+    G = Yd.mT @ Yd
+    l = G.shape[-1]
+    eye = torch.eye(l, dtype=G.dtype, device=G.device)
+    shift = 16 * l * torch.finfo(torch.float64).eps * G.diagonal(dim1=-2, dim2=-1).sum(-1) + torch.finfo(G.dtype).tiny
+    L, _ = torch.linalg.cholesky_ex(G + shift[..., None, None] * eye)
+    Linv_t = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False).mT
+    return (Yd @ Linv_t).to(Y.dtype)
+
+
 def _fixed_rank(A, k, oversampling, power_iters, generator):
     m, n = A.shape[-2:]
     if m < n:  # work on the tall Aᵀ: the panel QRs and the SVD of B are then on the smaller side
@@ -68,9 +89,10 @@ def _fixed_rank(A, k, oversampling, power_iters, generator):
         return U, S, V
     l = min(k + oversampling, m, n)
     omega = torch.randn((*A.shape[:-2], n, l), generator=generator, device=A.device, dtype=A.dtype)
-    Q = torch.linalg.qr(A @ omega).Q
+    Y = A @ omega
     for _ in range(power_iters):
-        Q = torch.linalg.qr(A @ torch.linalg.qr(A.mT @ Q).Q).Q
+        Y = A @ _basis(A.mT @ _basis(Y))
+    Q = torch.linalg.qr(Y).Q
     return _svd_of_qb(Q, Q.mT @ A, k)
 
 
