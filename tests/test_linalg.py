@@ -1,5 +1,7 @@
 """pr.linalg: CQRRPT and randomized SVD against the papers' claims, float32 and float64."""
 
+import sys
+
 import pytest
 import torch
 
@@ -42,6 +44,29 @@ def test_cqrrpt_accuracy(dtype, kind, m, n):
     assert err <= TOL[dtype], err
     assert orth <= 10 * TOL[dtype], orth
     assert torch.allclose(R.tril(-1), torch.zeros_like(R))  # upper trapezoidal
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("kind", ["gaussian", "column-scaled"])
+def test_cqrrpt_direct_path(dtype, kind, monkeypatch):
+    # Tall and well conditioned up to column scaling: the Gershgorin certificate lets CQRRPT skip
+    # the preconditioning GEMM. Column scales 1..1e6 make κ(M) = 1e6, but Cholesky QR's rounding
+    # is blind to column scaling, so the contract must hold all the same.
+    module = sys.modules["panther.linalg.cqrrpt"]
+    taken = []
+    direct = module._direct
+    monkeypatch.setattr(module, "_direct", lambda *a: taken.append(direct(*a)) or taken[-1])
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(30000, 24, dtype=F64, generator=g)
+    if kind == "column-scaled":
+        M = torch.linalg.qr(M).Q * torch.logspace(0, -6 if dtype == F64 else -3, 24, dtype=F64)
+    M = M.to(dtype)
+    Q, R, J = pr.linalg.cqrrpt(M, generator=g)
+    assert taken and taken[-1] is not None and Q.shape == (30000, 24)
+    Md = M.double()
+    assert (Md[:, J] - Q.double() @ R.double()).norm() / Md.norm() <= TOL[dtype]
+    assert (Q.double().T @ Q.double() - torch.eye(24, dtype=F64)).norm() <= 10 * TOL[dtype]
+    assert torch.equal(R.tril(-1), torch.zeros_like(R))
 
 
 def test_cqrrpt_float32_full_rank_gaussian_regression():
@@ -240,4 +265,20 @@ def test_gpu_cqrrpt_contract(dtype, kind):
     assert err <= TOL[dtype] and orth <= 10 * TOL[dtype], (err, orth)
     Qb, Rb, Jb = pr.linalg.cqrrpt(torch.stack([M[:5000], M[5000:10000]]))
     assert Qb.is_cuda and Qb.shape[0] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_gpu_cqrrpt_direct_path(dtype, monkeypatch):
+    module = sys.modules["panther.linalg.cqrrpt"]
+    taken = []
+    direct = module._direct
+    monkeypatch.setattr(module, "_direct", lambda *a: taken.append(direct(*a)) or taken[-1])
+    M = torch.randn(400_000, 64, device="cuda", dtype=dtype)
+    Q, R, J = pr.linalg.cqrrpt(M)
+    assert taken[-1] is not None and Q.shape == (400_000, 64)
+    Md = M.double()
+    assert ((Md[:, J] - Q.double() @ R.double()).norm() / Md.norm()).item() <= TOL[dtype]
+    orth = (Q.double().T @ Q.double() - torch.eye(64, dtype=F64, device="cuda")).norm().item()
+    assert orth <= 10 * TOL[dtype]
 
