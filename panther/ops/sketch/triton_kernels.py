@@ -135,8 +135,10 @@ def sparse_segment_sum(A, rows, vals, order, offsets, d: int, dim: int, launch=l
     out = torch.empty(out_shape, dtype=A.dtype, device=A.device)
     if out.numel() == 0:
         return out
+    # Small tiles (2048 elements: ~60 registers a thread) so that every program of the grid is
+    # resident at once on a large GPU: the L2 reuse of the sweep needs them to run side by side.
     bq = min(triton.next_power_of_2(post), 128)
-    bt = max(1, (1024 if _INTERPRET else 4096) // bq)
+    bt = max(1, (1024 if _INTERPRET else 2048) // bq)
     tiles_q = triton.cdiv(post, bq)
     launch(_segment_sum_kernel)[(pre * d * tiles_q,)](
         A, order.contiguous(), vals.contiguous(), offsets.contiguous(), out, m, post, d, rows.shape[1], tiles_q,
