@@ -313,7 +313,7 @@ def _srht_level2_kernel(
     tl.store(out_ptr + p * D * POST + s * POST + offs_q, (acc * scale).to(out_ptr.dtype.element_ty), mask=mask_q)
 
 
-SRHT_BLOCK = 1024  # rows per first-level block: B x 16 columns stay in registers
+SRHT_BLOCK = 1024  # rows per first-level block (B x 8 float32 columns stay in registers)
 
 
 def srht_sampled(A, signs, index, dim: int, launch=lambda kernel: kernel, block: int = SRHT_BLOCK):
@@ -347,7 +347,9 @@ def srht_sampled(A, signs, index, dim: int, launch=lambda kernel: kernel, block:
     out = torch.empty(out_shape, dtype=A.dtype, device=A.device)
     if out.numel() == 0:
         return out
-    budget = 4096 if _INTERPRET else (8192 if acc == torch.float64 else 16384)  # register tile, elements
+    # Register tile of B x bq elements: 8192 (float32) compiles for sm_90 to ~100 registers a thread
+    # at 8 warps, so two programs share an SM and one's loads overlap the other's butterflies.
+    budget = 4096 if _INTERPRET or acc == torch.float64 else 8192
     bq = min(triton.next_power_of_2(post), max(1, budget // B))
     tiles_q = triton.cdiv(post, bq)
     launch(_srht_level1_kernel)[(pre * nblk * tiles_q,)](
