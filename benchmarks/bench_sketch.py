@@ -4,9 +4,12 @@
     python -m benchmarks.bench_sketch --device cuda --out DIR
 
 A is m x n float32 (1 GiB on GPU: m = 2^21, n = 128); the sketch maps m -> d = 512 rows.
-The floor is one read of A at the copy bandwidth measured in the same run. The earlier
-Panther style (materialise a dense [d, m] operator, then a GEMM) is timed beside it,
-construction excluded, on a smaller m where it fits.
+The floor is one read of A at the copy bandwidth measured in the same run. On CUDA the
+sparse sketches run the bucket-sorted segmented-sum kernel (the default) and the SRHT the
+two-level sampled Hadamard kernels; the atomic scatter kernel and the full-FWHT composite
+they replaced are timed beside them. The earlier Panther style (materialise a
+dense [d, m] operator, then a GEMM) is timed beside them, construction excluded, on a
+smaller m where it fits.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import sys
 import torch
 
 import panther as pr
+from panther.ops.sketch import triton_kernels as tk
+from panther.ops.sketch.op import srht_composite
 
 from .harness import bandwidth_bytes_per_s, parser, report, sync, time_ms
 
@@ -40,6 +45,23 @@ def main(argv=None):
     for name, op in ops.items():
         ms = time_ms(lambda: (op.apply(A, 0), sync(dev)), dev, min_run_time=mrt)
         rows.append({"op": name + " apply", "m": m, "n": n, "d": d, "ms": ms, "x floor": ms / read_ms})
+        if gpu and isinstance(op, pr.sketch.SparseSketch):
+            scatter = torch.ops.panther.sparse_sketch_apply_triton
+            ms = time_ms(lambda: (scatter(A, op.rows, op.vals, d, 0), sync(dev)), dev, min_run_time=mrt)
+            rows.append({"op": name + " apply (atomic scatter)", "m": m, "n": n, "d": d, "ms": ms,
+                         "x floor": ms / read_ms})
+        if gpu and isinstance(op, pr.sketch.SRHT):
+            signs = op.signs.to(A.dtype)
+            ms = time_ms(lambda: (srht_composite(A, signs, op.index, 0, fwht=pr.sketch.fwht), sync(dev)), dev,
+                         min_run_time=mrt)
+            rows.append({"op": name + " apply (full FWHT + select)", "m": m, "n": n, "d": d, "ms": ms,
+                         "x floor": ms / read_ms})
+            # The first-level block trades register tile width against the intermediate's size.
+            for block in (512, 2048):
+                ms = time_ms(lambda: (tk.srht_sampled(A, signs, op.index, 0, block=block), sync(dev)), dev,
+                             min_run_time=mrt)
+                rows.append({"op": f"{name} apply (block {block})", "m": m, "n": n, "d": d, "ms": ms,
+                             "x floor": ms / read_ms})
     # Earlier-Panther style: a dense operator, then S @ A (construction not timed).
     m_dense = min(m, 1 << 18)
     A_small = A[:m_dense]

@@ -1,5 +1,7 @@
 """pr.linalg: CQRRPT and randomized SVD against the papers' claims, float32 and float64."""
 
+import sys
+
 import pytest
 import torch
 
@@ -44,6 +46,29 @@ def test_cqrrpt_accuracy(dtype, kind, m, n):
     assert torch.allclose(R.tril(-1), torch.zeros_like(R))  # upper trapezoidal
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("kind", ["gaussian", "column-scaled"])
+def test_cqrrpt_direct_path(dtype, kind, monkeypatch):
+    # Tall and well conditioned up to column scaling: the Gershgorin certificate lets CQRRPT skip
+    # the preconditioning GEMM. Column scales 1..1e6 make κ(M) = 1e6, but Cholesky QR's rounding
+    # is blind to column scaling, so the contract must hold all the same.
+    module = sys.modules["panther.linalg.cqrrpt"]
+    taken = []
+    direct = module._direct
+    monkeypatch.setattr(module, "_direct", lambda *a: taken.append(direct(*a)) or taken[-1])
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(30000, 24, dtype=F64, generator=g)
+    if kind == "column-scaled":
+        M = torch.linalg.qr(M).Q * torch.logspace(0, -6 if dtype == F64 else -3, 24, dtype=F64)
+    M = M.to(dtype)
+    Q, R, J = pr.linalg.cqrrpt(M, generator=g)
+    assert taken and taken[-1] is not None and Q.shape == (30000, 24)
+    Md = M.double()
+    assert (Md[:, J] - Q.double() @ R.double()).norm() / Md.norm() <= TOL[dtype]
+    assert (Q.double().T @ Q.double() - torch.eye(24, dtype=F64)).norm() <= 10 * TOL[dtype]
+    assert torch.equal(R.tril(-1), torch.zeros_like(R))
+
+
 def test_cqrrpt_float32_full_rank_gaussian_regression():
     # Exactly the configuration where the earlier threshold (≈2.9 on diag(L) ratios) cut the rank.
     for seed in range(3):
@@ -76,7 +101,8 @@ def test_cqrrpt_seeding_and_zero():
     "call, exc, words",
     [
         (lambda: pr.linalg.cqrrpt(torch.randn(10, 20)), ValueError, "m >= n"),
-        (lambda: pr.linalg.cqrrpt(torch.randn(10)), ValueError, "2-D"),
+        (lambda: pr.linalg.cqrrpt(torch.randn(10)), ValueError, "at least 2 dimensions"),
+        (lambda: pr.linalg.cqrrpt(torch.randn(10, 2), passes=0), ValueError, "passes must be"),
         (lambda: pr.linalg.cqrrpt(torch.randn(10, 2).half()), TypeError, "float32 or float64"),
         (lambda: pr.linalg.cqrrpt(torch.randn(10, 2), gamma=0.5), ValueError, "gamma must be"),
         (lambda: pr.linalg.randomized_svd(torch.randn(10, 5), 6), ValueError, "k must be <= min"),
@@ -159,6 +185,56 @@ def test_orthonormalize():
     assert Q.shape == (3000, 20) and (Q.T @ Q - torch.eye(20, dtype=F64)).norm() < 1e-12
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_cqrrpt_batched_matches_unbatched(dtype):
+    # Per-matrix pivots and ranks (full rank, rank n/2, ill-conditioned), padded to the largest rank.
+    mats = [_matrix(300, 24, kind, dtype, seed=i) for i, kind in enumerate(["full", "deficient", "ill", "full"])]
+    M = torch.stack(mats).reshape(2, 2, 300, 24)
+    Q, R, J, ranks = pr.linalg.cqrrpt(M, generator=torch.Generator().manual_seed(5), return_rank=True)
+    g = torch.Generator().manual_seed(5)
+    singles = [pr.linalg.cqrrpt(Mb, generator=g) for Mb in mats]  # same draws, in batch order
+    r = max(q.shape[1] for q, _, _ in singles)
+    assert Q.shape == (2, 2, 300, r) and R.shape == (2, 2, r, 24) and J.shape == (2, 2, 24) and ranks.shape == (2, 2)
+    for b, (Qb, Rb, Jb) in enumerate(singles):
+        i, j = divmod(b, 2)
+        rb = Qb.shape[1]
+        assert ranks[i, j] == rb
+        assert torch.equal(J[i, j], Jb) and torch.equal(Q[i, j, :, :rb], Qb) and torch.equal(R[i, j, :rb], Rb)
+        assert not Q[i, j, :, rb:].any() and not R[i, j, rb:].any()
+    gathered = M.gather(-1, J[..., None, :].expand_as(M))
+    err = (gathered.double() - Q.double() @ R.double()).norm() / M.double().norm()
+    assert err <= TOL[dtype]
+    rank0 = pr.linalg.cqrrpt(mats[1], return_rank=True)[3]
+    assert rank0.dim() == 0 and int(rank0) == 12
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_rsvd_batched(dtype):
+    pairs = [_decaying(200, 120, dtype, seed=s) for s in range(3)]
+    A = torch.stack([a for a, _ in pairs])
+    k = 10
+    U, S, V, ranks = pr.linalg.randomized_svd(A, k, generator=torch.Generator().manual_seed(0), return_rank=True)
+    assert U.shape == (3, 200, k) and S.shape == (3, k) and V.shape == (3, 120, k) and ranks.tolist() == [k] * 3
+    rtol = 1e-3 if dtype == torch.float32 else 1e-8
+    for b, (Ab, s) in enumerate(pairs):
+        Ub, Sb, Vb = pr.linalg.randomized_svd(Ab, k, generator=torch.Generator().manual_seed(b))
+        torch.testing.assert_close(S[b].double(), Sb.double(), rtol=rtol, atol=1e-6)  # both ≈ the true σ
+        torch.testing.assert_close(S[b].double(), s[:k], rtol=rtol, atol=1e-6)
+        err = (Ab.double() - (U[b].double() * S[b].double()) @ V[b].double().T).norm()
+        assert err <= 1.1 * s[k:].norm()
+    # Adaptive mode: each matrix gets its own rank; zero padding past it.
+    B = torch.stack([_decaying(150, 100, F64, rate=rate)[0] for rate in (0.5, 0.85)])
+    U, S, V, ranks = pr.linalg.randomized_svd(B, 60, tol=1e-3, generator=torch.Generator().manual_seed(0),
+                                              return_rank=True)
+    g = torch.Generator().manual_seed(0)
+    for b in range(2):
+        Ub, Sb, Vb = pr.linalg.randomized_svd(B[b], 60, tol=1e-3, generator=g)
+        rb = Sb.shape[0]
+        assert int(ranks[b]) == rb and torch.equal(S[b, :rb], Sb) and torch.equal(U[b, :, :rb], Ub)
+        assert not S[b, rb:].any() and not V[b, :, rb:].any()
+    assert ranks[0] < ranks[1] == S.shape[1]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 def test_gpu_linalg(dtype):
@@ -170,3 +246,39 @@ def test_gpu_linalg(dtype):
     U, S, V = pr.linalg.randomized_svd(A.cuda(), 20)
     err = (A.double() - (U.double().cpu() * S.double().cpu()) @ V.double().cpu().T).norm()
     assert err <= 1.1 * s[20:].norm()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("kind", ["full", "ill", "deficient"])
+def test_gpu_cqrrpt_contract(dtype, kind):
+    # The accuracy contract on the GPU path (sorted sparse apply, float64 Gram, GEMM inverses).
+    M = _matrix(100_000, 256, kind, dtype).cuda()
+    Q, R, J, rank = pr.linalg.cqrrpt(M, return_rank=True)
+    if kind == "deficient":
+        assert int(rank) == 128
+    elif kind == "full" or dtype == F64:
+        assert int(rank) == 256
+    Md = M.double()
+    err = (Md[:, J] - Q.double() @ R.double()).norm() / Md.norm()
+    orth = (Q.double().T @ Q.double() - torch.eye(Q.shape[1], dtype=F64, device="cuda")).norm()
+    assert err <= TOL[dtype] and orth <= 10 * TOL[dtype], (err, orth)
+    Qb, Rb, Jb = pr.linalg.cqrrpt(torch.stack([M[:5000], M[5000:10000]]))
+    assert Qb.is_cuda and Qb.shape[0] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_gpu_cqrrpt_direct_path(dtype, monkeypatch):
+    module = sys.modules["panther.linalg.cqrrpt"]
+    taken = []
+    direct = module._direct
+    monkeypatch.setattr(module, "_direct", lambda *a: taken.append(direct(*a)) or taken[-1])
+    M = torch.randn(400_000, 64, device="cuda", dtype=dtype)
+    Q, R, J = pr.linalg.cqrrpt(M)
+    assert taken[-1] is not None and Q.shape == (400_000, 64)
+    Md = M.double()
+    assert ((Md[:, J] - Q.double() @ R.double()).norm() / Md.norm()).item() <= TOL[dtype]
+    orth = (Q.double().T @ Q.double() - torch.eye(64, dtype=F64, device="cuda")).norm().item()
+    assert orth <= 10 * TOL[dtype]
+

@@ -7,6 +7,7 @@ import scipy.linalg
 import torch
 
 import panther as pr
+from panther.ops import sketch as _sk
 from panther.ops.sketch import triton_kernels as tk
 from panther.sketch import Axis, DistributionFamily
 
@@ -235,6 +236,64 @@ def test_triton_sparse_kernels(dtype, shape, dim):
     torch.testing.assert_close(tk.sparse_gather(G, rows, vals, 24, dim).double(), back, rtol=tol, atol=tol)
 
 
+def test_bucket_order():
+    S = pr.sketch.sparse_sign(24, 300, nnz=3, generator=torch.Generator().manual_seed(1))
+    order, offsets = _sk.bucket_order(S.rows, 24)
+    assert order.dtype == torch.int32 and offsets.dtype == torch.int64 and offsets.shape == (25,)
+    flat = S.rows.reshape(-1)
+    assert offsets[0] == 0 and offsets[-1] == flat.numel()
+    for r in range(24):
+        seg = order[offsets[r]:offsets[r + 1]].long()
+        assert (flat[seg] == r).all()  # the bucket holds exactly the non-zeros of output row r
+        assert (seg[1:] > seg[:-1]).all()  # ascending input rows (the L2 sweep relies on it)
+    assert int((offsets[1:] - offsets[:-1]).sum()) == flat.numel()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.float16])
+@pytest.mark.parametrize("shape, dim", [((300, 40), 0), ((2, 300, 20), 1), ((300, 200), 0), ((7, 300), 1)])
+def test_triton_segment_sum(dtype, shape, dim):
+    """The bucket-sorted segmented-sum kernel (and its scatter fallback for narrow rows)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    S = pr.sketch.sparse_sign(24, 300, nnz=3, generator=torch.Generator().manual_seed(1)).to(device)
+    D = S.to_dense().double()
+    A = torch.randn(shape, device=device).to(dtype)
+    order, offsets = _sk.bucket_order(S.rows, 24)
+    out = tk.sparse_segment_sum(A, S.rows, S.vals.to(dtype), order, offsets, 24, dim)
+    expected = torch.movedim(torch.tensordot(D, A.double(), dims=([1], [dim])), 0, dim)
+    assert out.dtype == dtype and out.shape == expected.shape
+    tol = {torch.float32: 1e-5, F64: 1e-12, torch.float16: 1e-2}[dtype]
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+    again = tk.sparse_segment_sum(A, S.rows, S.vals.to(dtype), order, offsets, 24, dim)
+    assert torch.equal(out, again)  # no atomics: bitwise deterministic
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("shape, dim, block", [((300, 5), 0, 16), ((2, 256, 8), 1, 256), ((1000, 3), 0, 64),
+                                               ((64, 4), 0, 1024), ((3, 100, 2, 6), 1, 8)])
+def test_triton_srht_sampled(dtype, shape, dim, block):
+    """The two-level sampled Hadamard kernels: one block (block >= N) and many (block < N)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n = shape[dim]
+    op = pr.sketch.srht_operator(min(50, n), n, dtype=F64, generator=torch.Generator().manual_seed(4))
+    A = torch.randn(shape, dtype=F64)
+    expected = torch.movedim(torch.tensordot(op.to_dense(), A, dims=([1], [dim])), 0, dim)
+    out = tk.srht_sampled(A.to(device, dtype), op.signs.to(device, dtype), op.index.to(device), dim, block=block)
+    assert out.dtype == dtype and out.shape == expected.shape
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=tol, atol=tol)
+
+
+def test_opcheck_srht():
+    op = pr.sketch.srht_operator(9, 30, dtype=F64, generator=torch.Generator().manual_seed(0))
+    fn = torch.ops.panther.srht_apply_triton
+    torch.library.opcheck(fn, (torch.randn(30, 4, dtype=F64, requires_grad=True), op.signs, op.index, 0))
+    torch.library.opcheck(fn, (torch.randn(2, 30, dtype=F64, requires_grad=True), op.signs, op.index, -1))
+    with pytest.raises(RuntimeError, match="signs must be a 1-D tensor of A.shape"):
+        fn(torch.randn(31, 4, dtype=F64), op.signs, op.index, 0)
+    with pytest.raises(RuntimeError, match="index must be a 1-D int64"):
+        fn(torch.randn(30, 4, dtype=F64), op.signs, op.index.int(), 0)
+
+
 @pytest.mark.parametrize("n, max_n", [(1, 8192), (64, 8192), (1024, 8192), (256, 16)])
 def test_triton_fwht(n, max_n):
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -255,6 +314,21 @@ def test_opcheck_apply(op):
     fn = getattr(torch.ops.panther, op)
     torch.library.opcheck(fn, (torch.randn(50, 4, dtype=F64, requires_grad=True), rows, vals, 12, 0))
     torch.library.opcheck(fn, (torch.randn(3, 50, dtype=F64, requires_grad=True), rows, vals, 12, -1))
+
+
+def test_opcheck_apply_sorted():
+    rows, vals = _op_args()
+    order, offsets = _sk.bucket_order(rows, 12)
+    fn = torch.ops.panther.sparse_sketch_apply_sorted_triton
+    torch.library.opcheck(fn, (torch.randn(50, 4, dtype=F64, requires_grad=True), rows, vals, order, offsets, 12, 0))
+    torch.library.opcheck(fn, (torch.randn(3, 50, dtype=F64, requires_grad=True), rows, vals, order, offsets, 12, -1))
+    A = torch.randn(50, 4, dtype=F64)
+    torch.testing.assert_close(fn(A, rows, vals, order, offsets, 12, 0),
+                               torch.ops.panther.sparse_sketch_apply(A, rows, vals, 12, 0))
+    with pytest.raises(RuntimeError, match="offsets must be a 1-D int64 tensor of d"):
+        fn(A, rows, vals, order, offsets[:-1], 12, 0)
+    with pytest.raises(RuntimeError, match="order must be a 1-D"):
+        fn(A, rows, vals, order[:-1], offsets, 12, 0)
 
 
 @pytest.mark.parametrize("op", ["sparse_sketch_apply_t", "sparse_sketch_apply_t_triton"])
@@ -369,6 +443,13 @@ def test_gpu_compile_and_opcheck():
     a = torch.randn(1000, 64, device="cuda", requires_grad=True)
     torch.library.opcheck(torch.ops.panther.sparse_sketch_apply_triton, (a, S.rows, S.vals, 32, 0))
     torch.library.opcheck(torch.ops.panther.fwht_triton, (torch.randn(4, 2048, device="cuda"),))
+    R = pr.sketch.srht_operator(16, 3000, device="cuda")
+    torch.library.opcheck(torch.ops.panther.srht_apply_triton,
+                          (torch.randn(3000, 8, device="cuda", requires_grad=True), R.signs, R.index, 0))
+    order, offsets = _sk.bucket_order(S.rows, 32)
+    torch.library.opcheck(torch.ops.panther.sparse_sketch_apply_sorted_triton,
+                          (a, S.rows, S.vals, order, offsets, 32, 0))
+    assert torch.equal(S.apply(a, 0), S.apply(a, 0))  # the sorted segmented sum is deterministic
     f = torch.compile(lambda x: S.apply(x, 0), fullgraph=True)
     torch.testing.assert_close(f(a), S.apply(a, 0))
     g = torch.Generator(device="cuda").manual_seed(0)

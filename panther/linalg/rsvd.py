@@ -1,10 +1,16 @@
 """Randomized SVD (Halko, Martinsson, Tropp 2011; blocked adaptive QB after Martinsson & Voronin 2016).
 
-Fixed rank (tol=None): l = k + oversampling test vectors from a sparse sign sketch
-(Y = A Ωᵀ: one streaming pass over A, no dense Gaussian to draw), ``power_iters`` rounds of
-Y ← A (Aᵀ Y) with re-orthonormalisation after every product (randomized CholeskyQR), then
-B = QᵀA, B = Ũ Σ Vᵀ, U = Q Ũ. Expected error ≲ (1 + 4√(k+p)/(p−1)·√min(m,n))^{1/(2q+1)} σ_{k+1}
-(HMT Cor. 10.10 with q power iterations).
+Fixed rank (tol=None): the cost structure of ``torch.svd_lowrank`` (HMT Algorithms 4.4 and 5.1):
+l = k + oversampling Gaussian test vectors, Y = A Ω (one GEMM), ``power_iters`` rounds of
+Y ← A·basis(Aᵀ·basis(Y)), then Q = qr(Y) (Householder, on the m x l panel), B = QᵀA,
+B = Ũ Σ Vᵀ, U = Q Ũ. Every product is re-normalised: without it the columns of (AAᵀ)^q AΩ
+align with the top singular vectors and the ones below σ₁·u^{1/(2q+1)} are lost to rounding.
+Inside the power iterations the basis only has to span range(Y) and be well conditioned, not
+be orthonormal (the next product and the final Householder QR see the same subspace), so
+``_basis`` uses one shifted Cholesky QR with a float64 Gram: two thin GEMMs and an l x l
+Cholesky, no host sync, where svd_lowrank runs a Householder QR (geqrf + orgqr) every time. Expected error ≲ (1 + 4√(k+p)/(p−1)·√min(m,n))^{1/(2q+1)} σ_{k+1}
+(HMT Cor. 10.10 with q power iterations). Leading batch dimensions are handled by the
+batched GEMM/QR/SVD, each matrix with its own test vectors.
 
 Adaptive (tol given): blocks of ``block_size`` basis vectors are added to a QB factorisation of
 A, each from the residual A − QB, until the relative Frobenius error estimate
@@ -31,11 +37,11 @@ def _check(A, k, tol, oversampling, power_iters, block_size):
         raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
     if A.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"A must be float32 or float64, got {A.dtype}")
-    if A.dim() != 2:
-        raise ValueError(f"A must be a 2-D tensor [m, n], got shape {list(A.shape)}")
+    if A.dim() < 2:
+        raise ValueError(f"A must be a tensor [..., m, n] with at least 2 dimensions, got shape {list(A.shape)}")
     k = positive_int(k, "k")
-    if k > min(A.shape):
-        raise ValueError(f"k must be <= min(m, n) = {min(A.shape)}, got {k}")
+    if k > min(A.shape[-2:]):
+        raise ValueError(f"k must be <= min(m, n) = {min(A.shape[-2:])}, got {k}")
     if tol is not None and (isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1):
         raise ValueError(f"tol must be None or a relative error in (0, 1), got {tol!r}")
     for value, name in ((oversampling, "oversampling"), (power_iters, "power_iters")):
@@ -54,15 +60,39 @@ def _range_sketch(A, l, generator):
 
 def _svd_of_qb(Q, B, r):
     Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
-    return Q @ Ub[:, :r], S[:r], Vh[:r].mT
+    return Q @ Ub[..., :r], S[..., :r], Vh[..., :r, :].mT
+
+
+def _basis(Y: torch.Tensor) -> torch.Tensor:
+    """A well-conditioned basis Y L⁻ᵀ of range(Y) for the power iterations (shifted CholeskyQR).
+
+    G = YᵀY is formed in float64, so its rounding error is ≲ l·u₆₄·‖Y‖²_F, and L = chol(G + sI)
+    with s = 16·l·u₆₄·‖Y‖²_F (> 0 even for Y = 0) exists without a check (no host sync). L is
+    invertible, so Y L⁻ᵀ spans exactly range(Y): directions of Y with σ_i² ≫ s come out
+    orthonormal, weaker ones are damped by σ_i/√s but kept (they stay far above the rounding of
+    the float32/float64 products that follow). Exactly rank-deficient Y keeps its zero directions.
+    """
+    Yd = Y.double()
+    G = Yd.mT @ Yd
+    l = G.shape[-1]
+    eye = torch.eye(l, dtype=G.dtype, device=G.device)
+    shift = 16 * l * torch.finfo(torch.float64).eps * G.diagonal(dim1=-2, dim2=-1).sum(-1) + torch.finfo(G.dtype).tiny
+    L, _ = torch.linalg.cholesky_ex(G + shift[..., None, None] * eye)
+    Linv_t = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False).mT
+    return (Yd @ Linv_t).to(Y.dtype)
 
 
 def _fixed_rank(A, k, oversampling, power_iters, generator):
-    l = min(k + oversampling, min(A.shape))
-    Q = orthonormalize(_range_sketch(A, l, generator), generator)
+    m, n = A.shape[-2:]
+    if m < n:  # work on the tall Aᵀ: the panel QRs and the SVD of B are then on the smaller side
+        V, S, U = _fixed_rank(A.mT, k, oversampling, power_iters, generator)
+        return U, S, V
+    l = min(k + oversampling, m, n)
+    omega = torch.randn((*A.shape[:-2], n, l), generator=generator, device=A.device, dtype=A.dtype)
+    Y = A @ omega
     for _ in range(power_iters):
-        Z = orthonormalize(A.mT @ Q, generator)
-        Q = orthonormalize(A @ Z, generator)
+        Y = A @ _basis(A.mT @ _basis(Y))
+    Q = torch.linalg.qr(Y).Q
     return _svd_of_qb(Q, Q.mT @ A, k)
 
 
@@ -101,7 +131,8 @@ def _adaptive(A, k, tol, oversampling, power_iters, block_size, generator):
 
 
 def randomized_svd(A: torch.Tensor, k: int, tol: float | None = None, oversampling: int = 10,
-                   power_iters: int = 2, *, block_size: int | None = None, generator: torch.Generator | None = None):
+                   power_iters: int = 2, *, block_size: int | None = None, generator: torch.Generator | None = None,
+                   return_rank: bool = False):
     """Rank-k randomized SVD A ≈ U diag(S) Vᵀ: ``(U [m, r], S [r], V [n, r])``, S descending.
 
     r = k when ``tol`` is None; with a relative Frobenius-error target ``tol`` (blocked adaptive
@@ -109,8 +140,29 @@ def randomized_svd(A: torch.Tensor, k: int, tol: float | None = None, oversampli
     vectors (default 10) and ``power_iters`` power iterations (default 2), each followed by
     re-orthonormalisation. V is returned n x r (not transposed), as in the earlier Panther.
     Float32 or float64, on A's device; ``generator`` seeds the test matrices.
+
+    Batched A [..., m, n]: U [..., m, r], S [..., r], V [..., n, r], every matrix with its own test
+    vectors. With ``tol`` each matrix gets its own rank r_b and r is the largest; entries of S past
+    r_b are zero, as are the matching columns of U and V. ``return_rank=True`` appends the ranks:
+    an int64 tensor of the batch shape (0-d for a single matrix; all k without ``tol``).
     """
     k = _check(A, k, tol, oversampling, power_iters, block_size)
+    batch = A.shape[:-2]
     if tol is None:
-        return _fixed_rank(A, k, oversampling, power_iters, generator)
-    return _adaptive(A, k, float(tol), oversampling, power_iters, block_size, generator)
+        U, S, V = _fixed_rank(A, k, oversampling, power_iters, generator)
+        ranks = torch.full(batch, k, dtype=torch.int64, device=A.device)
+    elif A.dim() == 2:
+        U, S, V = _adaptive(A, k, float(tol), oversampling, power_iters, block_size, generator)
+        ranks = torch.tensor(S.shape[0], device=A.device)
+    else:
+        m, n = A.shape[-2:]
+        parts = [_adaptive(Ab, k, float(tol), oversampling, power_iters, block_size, generator)
+                 for Ab in A.reshape(-1, m, n)]
+        r = max(Sb.shape[0] for _, Sb, _ in parts)
+        U, S, V = A.new_zeros((len(parts), m, r)), A.new_zeros((len(parts), r)), A.new_zeros((len(parts), n, r))
+        for b, (Ub, Sb, Vb) in enumerate(parts):
+            rb = Sb.shape[0]
+            U[b, :, :rb], S[b, :rb], V[b, :, :rb] = Ub, Sb, Vb
+        U, S, V = U.reshape(*batch, m, r), S.reshape(*batch, r), V.reshape(*batch, n, r)
+        ranks = torch.tensor([Sb.shape[0] for _, Sb, _ in parts], device=A.device).reshape(batch)
+    return (U, S, V, ranks) if return_rank else (U, S, V)

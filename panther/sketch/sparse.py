@@ -7,8 +7,10 @@ E[SᵀS] = I_m: ‖Sx‖² = ‖x‖² in expectation for every x ∈ R^m.
 
 The operator is stored column-wise, ``rows`` [m, nnz] (int64) and ``vals`` [m, nnz], and is
 applied without being materialised (``apply``: the panther sparse_sketch_apply op, C++ on
-CPU, Triton on CUDA; cost nnz·(size of A), one read of A). ``to_dense`` / ``to_sparse`` give
-the matrix of the exact shape [d, m].
+CPU, Triton on CUDA; cost nnz·(size of A), one read of A). On CUDA the non-zeros are also
+bucket-sorted by output row when the operator is created there (``bucket_order``), so an
+apply to a tensor on the operator's device is a deterministic segmented sum without atomics.
+``to_dense`` / ``to_sparse`` give the matrix of the exact shape [d, m].
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class SparseSketch:
         if vals.shape != rows.shape:
             raise ValueError(f"vals must have the shape of rows {list(rows.shape)}, got {list(vals.shape)}")
         self.rows, self.vals, self.d = rows, vals, positive_int(d, "d")
+        # Built eagerly (not on first apply) so that apply traces cleanly under torch.compile.
+        self._sorted = _sk.bucket_order(rows, self.d) if rows.is_cuda else None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -71,7 +75,8 @@ class SparseSketch:
         if A.shape[wd] != self.shape[1]:
             raise ValueError(f"A has shape {list(A.shape)}: expected size {self.shape[1]} (the sketch's m) at dim {dim}")
         rows, vals = self._vals_for(A)
-        return _sk.sparse_apply(A, rows, vals, self.d, wd)
+        sorted_index = self._sorted if A.device == self.rows.device else None
+        return _sk.sparse_apply(A, rows, vals, self.d, wd, sorted_index)
 
     def apply_t(self, G: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """Sᵀ applied along axis ``dim`` of G (size d → m): the adjoint of ``apply``."""

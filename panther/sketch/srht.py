@@ -9,7 +9,9 @@ D: N independent random signs; H_N/√N: the orthonormal Walsh–Hadamard transf
 R: d of the N coordinates sampled uniformly without replacement. Since E[RᵀR] = (d/N)·I_N
 and H_N D is orthogonal, E[SᵀS] = I_n: ‖Sx‖² = ‖x‖² in expectation. Applying it costs
 N log2 N additions per vector (panther's fwht op: C++ on CPU, Triton on CUDA) instead of
-d·n multiply-adds for a dense sketch.
+d·n multiply-adds for a dense sketch. On CUDA along an axis that is not the last, only the d
+sampled outputs are computed, by a two-level blocked Hadamard transform that reads A about once
+(panther's srht_apply op).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .._validation import positive_int
 from ..ops import sketch as _sk
@@ -59,11 +60,7 @@ class SRHT:
         wd = check_dim(dim, A.dim())
         if A.shape[wd] != self.n:
             raise ValueError(f"A has shape {list(A.shape)}: expected size {self.n} (the SRHT's n) at dim {dim}")
-        x = A.movedim(wd, -1) * self.signs.to(device=A.device, dtype=A.dtype)
-        if self.N != self.n:
-            x = F.pad(x, (0, self.N - self.n))
-        y = _sk.fwht(x).index_select(-1, self.index.to(A.device)) * self.scale
-        return y.movedim(-1, wd)
+        return _sk.srht_apply(A, self.signs.to(device=A.device, dtype=A.dtype), self.index.to(A.device), wd)
 
     def to_dense(self) -> torch.Tensor:
         """The operator as a dense [d, n] tensor."""

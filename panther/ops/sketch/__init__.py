@@ -8,13 +8,36 @@ other devices), the C++ ops otherwise.
 import torch
 
 from . import op  # noqa: F401  (registers fakes and autograd)
-from .triton_op import fwht_triton, sparse_sketch_apply_t_triton, sparse_sketch_apply_triton, triton_available
+from .op import srht_composite
+from .triton_op import (
+    fwht_triton,
+    sparse_sketch_apply_sorted_triton,
+    sparse_sketch_apply_t_triton,
+    sparse_sketch_apply_triton,
+    srht_apply_triton,
+    triton_available,
+)
 
 _ops = torch.ops.panther
 
 
-def sparse_apply(A, rows, vals, d: int, dim: int):
-    """S A along ``dim`` for the sparse operator S [d, m] given column-wise by (rows, vals) [m, s]."""
+def bucket_order(rows, d: int):
+    """The non-zeros of S [d, m] (rows [m, s]) bucket-sorted by output row: ``order`` (flat
+    indices into rows/vals, ascending input row within each bucket: a stable sort; int32 when
+    it fits) and ``offsets`` [d + 1] (bucket r is order[offsets[r]:offsets[r + 1]])."""
+    flat = rows.reshape(-1)
+    _, order = torch.sort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=d)
+    offsets = torch.zeros(d + 1, dtype=torch.int64, device=rows.device)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    return (order.to(torch.int32) if flat.numel() < 2**31 else order), offsets
+
+
+def sparse_apply(A, rows, vals, d: int, dim: int, sorted_index=None):
+    """S A along ``dim`` for the sparse operator S [d, m] given column-wise by (rows, vals) [m, s].
+    ``sorted_index``: (order, offsets) from ``bucket_order``, for the segmented-sum GPU kernel."""
+    if triton_available and sorted_index is not None:
+        return sparse_sketch_apply_sorted_triton(A, rows, vals, *sorted_index, d, dim)
     if triton_available:
         return sparse_sketch_apply_triton(A, rows, vals, d, dim)
     return _ops.sparse_sketch_apply(A, rows, vals, d, dim)
@@ -27,6 +50,13 @@ def sparse_apply_t(G, rows, vals, d: int, dim: int):
     return _ops.sparse_sketch_apply_t(G, rows, vals, d, dim)
 
 
+def srht_apply(A, signs, index, dim: int):
+    """The SRHT √(N/d)·R·(H_N/√N)·D·pad(A) along ``dim`` (wrapped), d = len(index)."""
+    if triton_available:
+        return srht_apply_triton(A, signs, index, dim)
+    return srht_composite(A, signs, index, dim)
+
+
 def fwht(x):
     """Orthonormal fast Walsh–Hadamard transform of the last axis (power-of-two length)."""
     if triton_available:
@@ -34,4 +64,4 @@ def fwht(x):
     return _ops.fwht(x)
 
 
-__all__ = ["fwht", "sparse_apply", "sparse_apply_t", "triton_available"]
+__all__ = ["bucket_order", "fwht", "sparse_apply", "sparse_apply_t", "srht_apply", "triton_available"]

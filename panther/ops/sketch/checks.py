@@ -55,6 +55,40 @@ def check_apply(A, rows, vals, d: int, dim: int) -> int:
     return wd
 
 
+def check_sorted(A, rows, vals, order, offsets, d: int, dim: int) -> int:
+    """check_apply plus the bucket-sorted index (``bucket_order``): shapes, dtypes, device."""
+    wd = check_apply(A, rows, vals, d, dim)
+    if order.dim() != 1 or order.dtype not in (torch.int32, torch.int64) or order.numel() != rows.numel():
+        _fail(f"order must be a 1-D int32/int64 tensor of rows.numel() = {rows.numel()} entries, "
+              f"got {order.dtype} {list(order.shape)}")
+    if offsets.dim() != 1 or offsets.dtype != torch.int64 or offsets.numel() != d + 1:
+        _fail(f"offsets must be a 1-D int64 tensor of d + 1 = {d + 1} entries, got {offsets.dtype} {list(offsets.shape)}")
+    for t, name in ((order, "order"), (offsets, "offsets")):
+        if t.device != A.device:
+            _fail(f"{name} is on {t.device} but A is on {A.device}: expected the same device")
+    return wd
+
+
+def check_srht(A, signs, index, dim: int) -> int:
+    """Checks for srht_apply: A [..., n, ...] along dim, signs [n], index [d] of distinct rows of
+    the padded length N = next power of two >= n. Returns the wrapped dim."""
+    if not A.dtype.is_floating_point:
+        _fail(f"A must be a floating-point tensor, got {A.dtype}")
+    wd = wrap_dim(dim, A.dim(), "A")
+    n = A.shape[wd]
+    if signs.dim() != 1 or signs.shape[0] != n:
+        _fail(f"signs must be a 1-D tensor of A.shape[dim] = {n} entries, got shape {list(signs.shape)}")
+    if signs.dtype != A.dtype or signs.device != A.device:
+        _fail(f"signs is {signs.dtype} on {signs.device} but A is {A.dtype} on {A.device}: expected the same")
+    N = 1 << (n - 1).bit_length() if n > 0 else 1
+    if index.dim() != 1 or index.dtype != torch.int64 or not 1 <= index.shape[0] <= N:
+        _fail(f"index must be a 1-D int64 tensor of 1 to N = {N} entries (N = next power of two >= n), "
+              f"got {index.dtype} {list(index.shape)}")
+    if index.device != A.device:
+        _fail(f"index is on {index.device} but A is on {A.device}: expected the same device")
+    return wd
+
+
 def check_apply_t(G, rows, vals, d: int, dim: int) -> int:
     wd = check_sketch_args(G, "G", rows, vals, dim, d)
     if G.shape[wd] != d:

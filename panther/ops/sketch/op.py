@@ -10,11 +10,18 @@ torch.ops.panther.fwht(x)
     self-adjoint, so its backward is itself.
 
 The operators are fixed random matrices: gradients flow to the tensor argument only.
+
+``srht_composite`` / ``srht_composite_t``: the SRHT y = √(N/d)·R·(H_N/√N)·D·pad(A) along an axis
+and its adjoint, composed of the fwht op (the CPU path of panther::srht_apply_triton, and the
+path used without Triton).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from . import checks
 
@@ -62,3 +69,24 @@ def _fwht_backward(ctx, grad):
 torch.library.register_autograd("panther::sparse_sketch_apply", _apply_backward, setup_context=_setup_sketch)
 torch.library.register_autograd("panther::sparse_sketch_apply_t", _apply_t_backward, setup_context=_setup_sketch)
 torch.library.register_autograd("panther::fwht", _fwht_backward)
+
+
+def srht_composite(A, signs, index, dim: int, fwht=_ops.fwht):
+    """SRHT of A along ``dim`` (wrapped): sign flip, zero-pad to N, orthonormal FWHT, keep ``index``."""
+    n = A.shape[dim]
+    N = 1 << (n - 1).bit_length()
+    x = A.movedim(dim, -1) * signs
+    if N != n:
+        x = F.pad(x, (0, N - n))
+    y = fwht(x).index_select(-1, index) * math.sqrt(N / index.shape[0])
+    return y.movedim(-1, dim)
+
+
+def srht_composite_t(G, signs, index, dim: int, fwht=_ops.fwht):
+    """The adjoint of ``srht_composite``: G [.., d, ..] along ``dim`` -> [.., n, ..]."""
+    n = signs.shape[0]
+    N = 1 << (n - 1).bit_length()
+    g = G.movedim(dim, -1)
+    z = g.new_zeros((*g.shape[:-1], N)).index_copy_(-1, index, g) * math.sqrt(N / index.shape[0])
+    return (fwht(z)[..., :n] * signs).movedim(-1, dim)
+

@@ -1,7 +1,13 @@
 """Triton ops for the sketch kernels: the GPU path of panther.sketch.
 
 torch.ops.panther.sparse_sketch_apply_triton / sparse_sketch_apply_t_triton / fwht_triton
-have the schema, math and gradients of the C++ ops sparse_sketch_apply / _t / fwht. On CUDA
+have the schema, math and gradients of the C++ ops sparse_sketch_apply / _t / fwht.
+torch.ops.panther.sparse_sketch_apply_sorted_triton(A, rows, vals, order, offsets, d, dim) is
+sparse_sketch_apply with the operator's non-zeros also given bucket-sorted by output row
+(``bucket_order``), for the segmented-sum kernel on CUDA; elsewhere it is the C++ op.
+torch.ops.panther.srht_apply_triton(A, signs, index, dim): the SRHT along ``dim`` (see
+panther.sketch.srht); on CUDA along a non-last axis the two-level sampled Hadamard kernels
+(triton_kernels.srht_sampled), elsewhere the composite of the fwht op. On CUDA
 they launch the Triton kernels of triton_kernels.py; on every other device (CPU in CI)
 their body calls the C++ op, so one entry point serves all devices, eagerly and under
 torch.compile (which decomposes a triton_op into its body and sees the kernels).
@@ -9,13 +15,18 @@ torch.compile (which decomposes a triton_op into its body and sees the kernels).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import checks
+from .op import srht_composite, srht_composite_t
 
 from .._triton import triton_available
 
-sparse_sketch_apply_triton = sparse_sketch_apply_t_triton = fwht_triton = None
+sparse_sketch_apply_triton = sparse_sketch_apply_sorted_triton = sparse_sketch_apply_t_triton = fwht_triton = None
+srht_apply_triton = None
+SRHT_MIN_POST = 4  # narrower trailing size: the fwht kernel along the last axis (contiguous rows) wins
 
 if triton_available:
     from . import triton_kernels as tk
@@ -30,6 +41,16 @@ if triton_available:
         if A.device.type != "cuda":
             return _ops.sparse_sketch_apply(A, rows, vals, d, dim)
         return tk.sparse_scatter(A, rows, vals, d, wd, launch=torch.library.wrap_triton)
+
+    @torch.library.triton_op("panther::sparse_sketch_apply_sorted_triton", mutates_args=())
+    def sparse_sketch_apply_sorted_triton(
+        A: torch.Tensor, rows: torch.Tensor, vals: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
+        d: int, dim: int,
+    ) -> torch.Tensor:
+        wd = checks.check_sorted(A, rows, vals, order, offsets, d, dim)
+        if A.device.type != "cuda":
+            return _ops.sparse_sketch_apply(A, rows, vals, d, dim)
+        return tk.sparse_segment_sum(A, rows, vals, order, offsets, d, wd, launch=torch.library.wrap_triton)
 
     @torch.library.triton_op("panther::sparse_sketch_apply_t_triton", mutates_args=())
     def sparse_sketch_apply_t_triton(
@@ -47,6 +68,26 @@ if triton_available:
             return _ops.fwht(x)
         return tk.fwht(x, launch=torch.library.wrap_triton)
 
+    @torch.library.triton_op("panther::srht_apply_triton", mutates_args=())
+    def srht_apply_triton(A: torch.Tensor, signs: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+        wd = checks.check_srht(A, signs, index, dim)
+        post = math.prod(A.shape[wd + 1:])
+        if A.device.type != "cuda" or post < SRHT_MIN_POST:
+            return srht_composite(A, signs, index, wd, fwht=fwht_triton)
+        return tk.srht_sampled(A, signs, index, wd, launch=torch.library.wrap_triton)
+
+    def _setup_srht(ctx, inputs, output):
+        _, signs, index, dim = inputs
+        ctx.save_for_backward(signs, index)
+        ctx.dim = dim
+
+    def _srht_backward(ctx, grad):
+        signs, index = ctx.saved_tensors
+        wd = ctx.dim % grad.dim()
+        return srht_composite_t(grad, signs, index, wd, fwht=fwht_triton), None, None, None
+
+    srht_apply_triton.register_autograd(_srht_backward, setup_context=_setup_srht)
+
     def _setup(ctx, inputs, output):
         _, rows, vals, d, dim = inputs
         ctx.save_for_backward(rows, vals)
@@ -60,6 +101,16 @@ if triton_available:
         rows, vals = ctx.saved_tensors
         return sparse_sketch_apply_triton(grad, rows, vals, ctx.d, ctx.dim), None, None, None, None
 
+    def _setup_sorted(ctx, inputs, output):
+        _, rows, vals, _, _, d, dim = inputs
+        ctx.save_for_backward(rows, vals)
+        ctx.d, ctx.dim = d, dim
+
+    def _sorted_backward(ctx, grad):
+        rows, vals = ctx.saved_tensors
+        return sparse_sketch_apply_t_triton(grad, rows, vals, ctx.d, ctx.dim), None, None, None, None, None, None
+
     sparse_sketch_apply_triton.register_autograd(_apply_backward, setup_context=_setup)
+    sparse_sketch_apply_sorted_triton.register_autograd(_sorted_backward, setup_context=_setup_sorted)
     sparse_sketch_apply_t_triton.register_autograd(_apply_t_backward, setup_context=_setup)
     fwht_triton.register_autograd(lambda ctx, grad: fwht_triton(grad))
