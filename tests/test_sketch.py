@@ -294,12 +294,17 @@ def test_opcheck_srht():
         fn(torch.randn(30, 4, dtype=F64), op.signs, op.index.int(), 0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("n, max_n", [(1, 8192), (64, 8192), (1024, 8192), (256, 16)])
-def test_triton_fwht(n, max_n):
+def test_triton_fwht(n, max_n, dtype):
+    """float64 rows are transformed (and scaled by 1/sqrt(n)) in float64: 1e-12, not float32's 1e-5."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    x = torch.randn(5, n, device=device)
+    x = torch.randn(5, n, device=device, dtype=dtype)
     H = torch.tensor(scipy.linalg.hadamard(n), dtype=F64, device=device) / math.sqrt(n)
-    torch.testing.assert_close(tk.fwht(x, max_n=max_n).double(), x.double() @ H, rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    out = tk.fwht(x, max_n=max_n)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), x.double() @ H, rtol=tol, atol=tol)
 
 
 # ----------------------------------------------------------------------------- op layer

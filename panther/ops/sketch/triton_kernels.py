@@ -201,13 +201,17 @@ def sparse_gather(G, rows, vals, d: int, dim: int, launch=lambda kernel: kernel)
 
 
 @triton.jit
-def _fwht_kernel(x_ptr, y_ptr, ROWS, scale, N: tl.constexpr, LOG_N: tl.constexpr, BLOCK_B: tl.constexpr):
+def _fwht_kernel(x_ptr, y_ptr, ROWS, N: tl.constexpr, LOG_N: tl.constexpr, BLOCK_B: tl.constexpr):
     pid = tl.program_id(0)
     offs_b = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     offs_n = tl.arange(0, N)
     mask = (offs_b < ROWS)[:, None]
     ptrs = offs_b[:, None] * N + offs_n[None, :]
-    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+    acc_ty = tl.float64 if y_ptr.dtype.element_ty == tl.float64 else tl.float32
+    # 1/sqrt(N) in the accumulator's precision: a Python float kernel argument would be a float32
+    # scalar on CUDA, and a float64 transform would carry its rounding (relative 3e-8).
+    scale = 1.0 / tl.sqrt(tl.zeros((1,), acc_ty) + N)
+    x = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(acc_ty)
     for s in tl.static_range(LOG_N):
         # Stage h = 2^s: view each row as [N/2h, 2, h]; the pairs (j, j + h) are the two
         # halves of the size-2 axis, moved last so tl.split can take them apart.
@@ -226,7 +230,7 @@ def _fwht_rows(x2, launch):
     block_b = max(1, min(triton.next_power_of_2(rows), (1024 if _INTERPRET else 4096) // n))
     num_warps = 4 if n * block_b <= 4096 else 8
     launch(_fwht_kernel)[(triton.cdiv(rows, block_b),)](
-        x2, y, rows, float(n) ** -0.5, N=n, LOG_N=n.bit_length() - 1, BLOCK_B=block_b, num_warps=num_warps,
+        x2, y, rows, N=n, LOG_N=n.bit_length() - 1, BLOCK_B=block_b, num_warps=num_warps,
     )
     return y
 
@@ -284,7 +288,7 @@ def _srht_level1_kernel(
 @triton.jit
 def _srht_level2_kernel(
     u_ptr, ka_ptr, slot_ptr, out_ptr,
-    POST, NBLK, C, D, TILES_Q, scale,
+    POST, NBLK, C, D, TILES_Q,
     BLOCK_A: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
     # Output row s = k_a * B + k_b: sum over blocks i_a of H_a[k_a, i_a] u[i_a, slot(k_b)], with
@@ -298,6 +302,9 @@ def _srht_level2_kernel(
     ka = tl.load(ka_ptr + s)
     slot = tl.load(slot_ptr + s).to(tl.int64)
     acc = tl.zeros((BLOCK_Q,), dtype=tl.float64 if u_ptr.dtype.element_ty == tl.float64 else tl.float32)
+    # 1/sqrt(d) computed here in acc's precision: passed as a Python float it would be a float32
+    # scalar on CUDA (the float64 outputs were off by 3e-8 relative).
+    scale = 1.0 / tl.sqrt(tl.zeros((1,), acc.dtype) + D)
     for a0 in range(0, NBLK, BLOCK_A):
         ia = a0 + tl.arange(0, BLOCK_A)
         par = ka & ia
@@ -359,7 +366,7 @@ def srht_sampled(A, signs, index, dim: int, launch=lambda kernel: kernel, block:
     bq2 = min(triton.next_power_of_2(post), 128)
     tiles_q2 = triton.cdiv(post, bq2)
     launch(_srht_level2_kernel)[(pre * d * tiles_q2,)](
-        u, ka.to(torch.int32).contiguous(), slot.contiguous(), out, post, nblk, C, d, tiles_q2, float(d) ** -0.5,
+        u, ka.to(torch.int32).contiguous(), slot.contiguous(), out, post, nblk, C, d, tiles_q2,
         BLOCK_A=max(1, min(triton.next_power_of_2(nblk), 4096 // bq2)), BLOCK_Q=bq2, num_warps=4,
     )
     return out
