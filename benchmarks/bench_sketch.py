@@ -8,8 +8,9 @@ The floor is one read of A at the copy bandwidth measured in the same run. On CU
 sparse sketches run the bucket-sorted segmented-sum kernel (the default) and the SRHT the
 two-level sampled Hadamard kernels; the atomic scatter kernel and the full-FWHT composite
 they replaced are timed beside them. The earlier Panther style (materialise a
-dense [d, m] operator, then a GEMM) is timed beside them, construction excluded, on a
-smaller m where it fits.
+dense [d, m] operator, then a GEMM) is timed beside them, construction excluded, at the same
+m on a GPU (the operator is d x m float32: 4 GiB) and on m = 2^18 rows on CPU (its rows give m;
+its floor is one read of that smaller A).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def main(argv=None):
                 rows.append({"op": f"{name} apply (block {block})", "m": m, "n": n, "d": d, "ms": ms,
                              "x floor": ms / read_ms})
     # Earlier-Panther style: a dense operator, then S @ A (construction not timed).
-    m_dense = min(m, 1 << 18)
+    m_dense = m if gpu else min(m, 1 << 18)
     A_small = A[:m_dense]
     for name, make in (("CountSketch", pr.sketch.count_skop), ("SJLT nnz=4", lambda a, b, **kw: pr.sketch.sjlt_skop(a, b, 4, **kw))):
         S = make(d, m_dense, device=dev)
