@@ -87,8 +87,20 @@ def device_info(device: str) -> dict:
     return info
 
 
+def portable_command(command: str) -> str:
+    """The command with the folder given to --out replaced by OUT (results carry no machine paths)."""
+    parts = command.split()
+    for i, part in enumerate(parts):
+        if part == "--out" and i + 1 < len(parts):
+            parts[i + 1] = "OUT"
+        elif part.startswith("--out="):
+            parts[i] = "--out=OUT"
+    return " ".join(parts)
+
+
 def report(name: str, rows: list[dict], device: str, out_dir: str | None, command: str) -> dict:
     """Prints a table and writes ``<out_dir>/<name>_<device>.json``; returns the record."""
+    command = portable_command(command)
     info = device_info(device)
     print(f"\n## {name} on {info['device_name']} (torch {info['torch']})\n")
     print(tabulate(rows, headers="keys", floatfmt=".4g", tablefmt="github"))
