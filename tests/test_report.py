@@ -197,6 +197,14 @@ def test_missing_fields_show_a_dash_and_are_listed(results):
     assert "no data" in svd_target
 
 
+def test_two_records_of_one_benchmark_the_newer_wins(results, capsys):
+    rows = [{**TUNER["rows"][0], "speedup": 1.7, "floor_ms": 5.0}]
+    _write(results / "cpu", "tuner", {**CPU, "when": "2026-11-22 09:00"}, rows)  # tuner_cpu.json beside tuner.json
+    cpu = next(m for m in load(results) if m.name == "cpu")
+    assert cpu.records["tuner"]["rows"][0]["speedup"] == 1.7
+    assert "two 'tuner' records; using the one measured 2026-11-22 09:00" in capsys.readouterr().err
+
+
 def test_bad_input_names_the_argument(tmp_path, capsys):
     with pytest.raises(ReportError, match="--results: no such folder"):
         render(tmp_path / "nope", tmp_path / "B.md")

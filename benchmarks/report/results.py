@@ -44,7 +44,8 @@ def normalise(raw: dict) -> dict | None:
         if "torch" in meta:
             record["torch"] = meta["torch"]
         if "device" in meta:
-            threads = f" ({meta['threads']} threads)" if "threads" in meta else ""
+            n = meta.get("threads")
+            threads = "" if n is None else f" ({n} thread{'' if n == 1 else 's'})"
             record["device_name"] = f"{meta['device']}{threads}"
         for key in ("command", "when", "triton", "threads", "trials"):
             if key in meta:
@@ -82,7 +83,12 @@ def load(results: str | Path) -> list[Machine]:
                 continue
             dev = device_type(record)
             machine = machines.setdefault((folder.name, dev), Machine(folder.name, dev))
-            machine.records[record["benchmark"]] = record
+            name = record["benchmark"]
+            if name in machine.records:  # e.g. tuner.json (--json layout) beside tuner_cpu.json: the newer wins
+                older, record = sorted([machine.records[name], record], key=lambda r: r.get("when") or "")
+                print(f"benchmarks.report: {folder} has two {name!r} records; using the one measured "
+                      f"{record.get('when') or 'at an unknown date'}", file=sys.stderr)
+            machine.records[name] = record
     if not machines:
         raise ReportError(f"--results: no benchmark JSON in {root} or in its sub-folders")
     folders_with_two = {f for f, _ in machines if sum(f == g for g, _ in machines) > 1}

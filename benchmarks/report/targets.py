@@ -133,9 +133,8 @@ def verdict(met: bool | None) -> str:
 
 
 def table(outcomes: list[Outcome], with_area: bool = False) -> str:
-    columns = ([("area", "area")] if with_area else []) + [
-        ("what", "target"), ("machine", "machine"), ("limit", "limit"), ("measured", "measured"), ("verdict", "")]
-    rows = [{"area": o.area, "what": o.target.what, "machine": o.machine or fmt.MISSING,
+    keys = (["area"] if with_area else []) + ["target", "machine", "limit", "measured", "verdict"]
+    rows = [{"area": o.area, "target": o.target.what, "machine": o.machine or fmt.MISSING,
              "limit": f"{o.target.op} {o.target.limit:g}×", "measured": fmt.times(o.measured),
              "verdict": verdict(o.met)} for o in outcomes]
-    return fmt.table(rows, columns)
+    return fmt.table(rows, [(k, k) for k in keys])

@@ -31,9 +31,18 @@ def _model_line(model: str, rows: list[dict]) -> str:
     return line + (" — not faster than the dense model on this machine." if known and max(known) < 1 else ".")
 
 
+def _large_note(rows: list[dict]) -> str:
+    """On the synthetic MLP of ``--large``, whose tuning time is the SVDs; or how to get it."""
+    if any(str(r.get("model", "")).startswith("MLP") for r in rows):
+        return ("The large MLP's tuning time is dominated by the SVDs of its weights (computed once per weight "
+                "and reused across ranks) and by evaluating candidate plans on the CPU.")
+    return "This run has no `--large` rows (the synthetic MLP with layers large enough for sketching to pay)."
+
+
 def facts(machine: Machine) -> dict[str, str]:
-    return {"per_model": "\n".join(_model_line(m, rows) for m, rows in groups(_rows(machine), "model").items())
-            or fmt.MISSING}
+    rows = _rows(machine)
+    return {"per_model": "\n".join(_model_line(m, same) for m, same in groups(rows, "model").items()) or fmt.MISSING,
+            "large_note": _large_note(rows)}
 
 
 AREA = Area(
