@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 
-.PHONY: install build demo test bench clean
+.PHONY: install build demo test bench report clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(VENV)/.built
 
 bench: $(VENV)/.built
 	$(PY) -m benchmarks.bench_linear --device cpu --quick
+
+# BENCHMARKS.md and its plots (docs/img/), generated from the JSON in benchmarks/results/.
+report: $(VENV)/.deps
+	$(PY) -m benchmarks.report
 
 clean:
 	rm -rf build $(VENV) panther/_C*.so *.egg-info

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # On a GPU machine with torch preinstalled and no network: build the CUDA op library,
-# run the test suite on the GPU, then every benchmark, writing logs and JSON to $1.
+# run the test suite on the GPU, then every benchmark area through `python -m panther bench`,
+# writing logs and JSON to $1.
 #
 #   bash benchmarks/gpu_all.sh OUT_DIR [pytest -k expression]
-# BENCHMARKS=linear,conv selects benchmarks; BENCH_TIMEOUT caps each one (seconds).
+# BENCHMARKS=linear,conv selects areas; BENCH_TIMEOUT caps each one (seconds).
+# REPORT=PAGE.md finishes by regenerating that page (and its plots in docs/img beside it) with
+# `python -m benchmarks.report` from OUT_DIR's parent folder, which holds one folder per machine:
+#   REPORT=BENCHMARKS.md bash benchmarks/gpu_all.sh benchmarks/results/h200
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_all.sh OUT_DIR [pytest -k expression]}
 select=${2:-}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # paths given relative to the caller's folder
+report=${REPORT:+$(realpath -m "$REPORT")}
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PANTHER_BUILD_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
@@ -30,10 +36,16 @@ status=${PIPESTATUS[0]}
 
 for bench in benchmarks/bench_*.py; do
   name=$(basename "$bench" .py)
-  if [ -n "${BENCHMARKS:-}" ] && [[ ",$BENCHMARKS," != *",${name#bench_},"* ]]; then continue; fi
+  area=${name#bench_}
+  if [ -n "${BENCHMARKS:-}" ] && [[ ",$BENCHMARKS," != *",$area,"* ]]; then continue; fi
+  if [ "$area" = tuner ]; then echo "== $name: CPU only, skipped"; continue; fi
   echo "== $name"
-  timeout "${BENCH_TIMEOUT:-300}" $py -m "benchmarks.$name" --device cuda --out "$out" > "$out/$name.log" 2>&1 \
+  timeout "${BENCH_TIMEOUT:-300}" $py -m panther bench "$area" --device cuda --out "$out" > "$out/$name.log" 2>&1 \
     || { echo "$name failed"; tail -20 "$out/$name.log"; status=1; }
   grep -v '^$' "$out/$name.log" | head -60
 done
+
+if [ -n "$report" ]; then
+  $py -m benchmarks.report --results "$(dirname "$out")" --out "$report" || status=1
+fi
 exit $status

@@ -1,6 +1,7 @@
-"""PNG plots for BENCHMARKS.md from the benchmarks' JSON results.
+"""PNG plots for BENCHMARKS.md from the benchmarks' JSON results (``python -m benchmarks.report``
+draws them all; this draws one machine's).
 
-    python -m benchmarks.plots benchmarks/results/h200 docs/img
+    python -m benchmarks.plots benchmarks/results/h200 docs/img    # -> docs/img/<plot>_h200.png
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ def _load(folder: str, name: str) -> dict | None:
 
 
 def _title(record: dict, what: str) -> str:
-    return f"{what} — {record['device_name']}, torch {record['torch']}"
+    return f"{what} — {record.get('device_name', 'unknown device')}, torch {record.get('torch', '?')}"
 
 
 def linear(record: dict, path: str) -> None:
     """× floor and speed-up over nn.Linear against total rank 2Lk, one line per shape (bf16)."""
     series = defaultdict(list)
+    needed = ("tokens", "in", "out", "L", "k", "sk_x_floor", "sk_speedup")
     for r in record["rows"]:
-        if r["dtype"] == "bfloat16" and r["mode"] == "fwd":
+        if r.get("dtype") == "bfloat16" and r.get("mode") == "fwd" and all(r.get(c) is not None for c in needed):
             series[(r["tokens"], r["in"], r["out"])].append((2 * r["L"] * r["k"], r["sk_x_floor"], r["sk_speedup"]))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for (m, i, o), pts in sorted(series.items()):
@@ -59,9 +61,10 @@ def attention(record: dict, path: str) -> None:
         series = defaultdict(list)
         floor = {}
         for r in record["rows"]:
-            if r["pass"] == "fwd" and bool(r["causal"]) == causal:
-                series[r["impl"]].append((r["N"], r["ms"]))
-                floor[r["N"]] = r["floor_ms"]
+            if r.get("pass") == "fwd" and bool(r.get("causal")) == causal and None not in (r.get("N"), r.get("ms")):
+                series[r.get("impl")].append((r["N"], r["ms"]))
+                if r.get("floor_ms") is not None:
+                    floor[r["N"]] = r["floor_ms"]
         for impl, pts in sorted(series.items()):
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
@@ -76,18 +79,35 @@ def attention(record: dict, path: str) -> None:
     plt.close(fig)
 
 
+# plot name -> (benchmark record it reads, device type it is drawn for, function, caption)
+PLOTS = {
+    "linear": ("linear", "cuda", linear, "SKLinear forward: distance to the floor and speed-up against total rank"),
+    "attention": ("bench_attention", "cuda", attention, "attention forward time against sequence length"),
+}
+
+
+def png_path(out_dir: str, plot: str, machine: str) -> str:
+    """Where plot ``plot`` of machine folder ``machine`` goes: ``<out_dir>/<plot>_<machine>.png``."""
+    return os.path.join(out_dir, f"{plot}_{machine}.png")
+
+
+def draw(plot: str, record: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    PLOTS[plot][2](record, path)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("results", help="folder with the benchmarks' JSON files")
+    p.add_argument("results", help="one machine's folder of benchmark JSON files")
     p.add_argument("out", help="folder for the PNG files")
     args = p.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    for name, plot, png in (("linear_cuda.json", linear, "linear_h200.png"),
-                            ("bench_attention_cuda.json", attention, "attention_h200.png")):
-        record = _load(args.results, name)
+    machine = os.path.basename(os.path.normpath(args.results))
+    for plot, (bench, device, _, _) in PLOTS.items():
+        record = _load(args.results, f"{bench}_{device}.json")
         if record is not None:
-            plot(record, os.path.join(args.out, png))
-            print("wrote", os.path.join(args.out, png))
+            path = png_path(args.out, plot, machine)
+            draw(plot, record, path)
+            print("wrote", path)
 
 
 if __name__ == "__main__":

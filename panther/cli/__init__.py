@@ -1,7 +1,11 @@
 """Panther's command line: ``python -m panther demo`` and ``python -m panther bench [area]``.
 
     python -m panther demo [--device cpu|cuda] [--budget 0.05] [--out DIR] [--model module:callable|HF-dir] [--quick]
-    python -m panther bench [linear|conv|attention|sketch|linalg|compile|export|tuner|all] [--device] [--quick]
+    python -m panther bench [linear|conv|attention|sketch|linalg|compile|export|tuner|all] [--device] [--out DIR] [--quick]
+
+``bench`` writes JSON to ``benchmarks/results/<machine>/`` (``cpu``, ``h200``, ...) unless ``--out``
+says otherwise (``--quick`` keeps JSON only with ``--out``); ``python -m benchmarks.report``
+regenerates BENCHMARKS.md from it.
 
 The same entry point is installed as the ``panther`` console script.
 """
@@ -56,12 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    bench = sub.add_parser("bench", help="run a benchmark area and print its table",
-                           description="Runs benchmarks/bench_<area>.py from a Panther source checkout.")
+    bench = sub.add_parser("bench", help="run a benchmark area, print its tables, write its JSON",
+                           description="Runs benchmarks/bench_<area>.py from a Panther source checkout, prints its "
+                                       "tables and writes its JSON for `python -m benchmarks.report`.")
     bench.add_argument("area", nargs="?", default="all", choices=[*AREAS, "all"], help="benchmark area (default all)")
     bench.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     bench.add_argument("--quick", action="store_true", help="a small subset, for smoke tests")
-    bench.add_argument("--out", default=None, help="folder for the JSON results")
+    bench.add_argument("--out", default=None,
+                       help="folder for the JSON results (default benchmarks/results/<machine>, e.g. cpu or h200; "
+                            "with --quick: none, tables are only printed)")
     return parser
 
 

@@ -1,4 +1,7 @@
-"""``python -m panther bench [area]``: runs ``benchmarks/bench_<area>.py`` and prints its table.
+"""``python -m panther bench [area|all]``: runs ``benchmarks/bench_<area>.py``, prints its tables and
+writes its JSON to ``benchmarks/results/<machine>/`` (``cpu``, ``h200``, ...: see :func:`machine_kind`)
+or ``--out``, where ``python -m benchmarks.report`` turns it into BENCHMARKS.md. ``--quick`` runs
+a small subset and keeps its JSON only where ``--out`` says, so a smoke run never replaces results.
 
 The benchmarks live in the source checkout (a top-level ``benchmarks/`` folder beside
 ``panther/``), not in the installed package; without a checkout the command says so.
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import sys
 import time
 from pathlib import Path
@@ -29,6 +33,42 @@ def checkout_root(root: Path | None = None) -> Path:
     return root
 
 
+_VENDOR_WORDS = {"nvidia", "geforce", "tesla", "quadro", "amd", "instinct", "radeon"}
+
+
+def kind_from_name(device_name: str) -> str:
+    """A short folder name for a GPU: ``NVIDIA H200`` -> ``h200``, ``NVIDIA H100 80GB HBM3`` -> ``h100``,
+    ``NVIDIA A100-SXM4-80GB`` -> ``a100``, ``NVIDIA GeForce RTX 4090`` -> ``rtx4090``."""
+    words = [w for w in re.split(r"[\s_-]+", device_name.lower()) if w and w not in _VENDOR_WORDS]
+    if not words:
+        return "gpu"
+    kind = words[0] + (words[1] if words[0].isalpha() and len(words) > 1 else "")
+    return re.sub(r"[^a-z0-9]", "", kind) or "gpu"
+
+
+def machine_kind(device: str) -> str:
+    """The results folder name of the machine that runs on ``device``: ``cpu``, or the GPU's short name."""
+    import torch
+
+    dev = torch.device(device)
+    return kind_from_name(torch.cuda.get_device_name(dev)) if dev.type == "cuda" else "cpu"
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda: no CUDA device is available here")
+    return device
+
+
+def default_out(root: Path, device: str, quick: bool) -> str | None:
+    """``benchmarks/results/<machine>`` for a full run; None (print only) for a ``--quick`` one."""
+    return None if quick else str(root / "benchmarks" / "results" / machine_kind(device))
+
+
 def area_argv(area: str, device: str | None, quick: bool, out: str | None) -> list[str]:
     """Command-line arguments for one area's ``main``."""
     if area == "tuner":  # its own parser: CPU only, budgets and trials instead of --quick
@@ -41,12 +81,12 @@ def area_argv(area: str, device: str | None, quick: bool, out: str | None) -> li
 
 
 def _call_main(main, argv: list[str], name: str):
-    if inspect.signature(main).parameters:
-        return main(argv)
+    """``main(argv)``, or ``main()`` for one that parses ``sys.argv`` itself; ``sys.argv`` is the
+    script's own either way, as some scripts record it as the command that made their JSON."""
     saved = sys.argv
-    sys.argv = [name, *argv]  # a main() that reads sys.argv itself
+    sys.argv = [name, *argv]
     try:
-        return main()
+        return main(argv) if inspect.signature(main).parameters else main()
     finally:
         sys.argv = saved
 
@@ -58,12 +98,7 @@ def run_area(area: str, device: str | None, quick: bool, out: str | None) -> Non
     script = root / "benchmarks" / f"bench_{area}.py"
     if not script.is_file():
         raise BenchError(f"no benchmark script for area {area!r} in this checkout (expected {script})")
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BenchError("--device cuda: no CUDA device is available here")
-    argv = area_argv(area, device, quick, out)
+    argv = area_argv(area, resolve_device(device) if device else None, quick, out)
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
     if str(root) not in sys.path:
@@ -73,10 +108,23 @@ def run_area(area: str, device: str | None, quick: bool, out: str | None) -> Non
     _call_main(module.main, argv, f"benchmarks/bench_{area}.py")
 
 
+def _where_json_went(out: str | None) -> None:
+    if out is None:
+        print("panther bench: --quick without --out: JSON not kept (pass --out DIR to keep it)")
+    else:
+        print(f"panther bench: JSON in {out}; `python -m benchmarks.report` regenerates BENCHMARKS.md from "
+              f"benchmarks/results/")
+
+
 def run_bench(area: str, *, device: str | None = None, quick: bool = False, out: str | None = None) -> int:
-    """Runs one area, or every area present with ``area="all"``; returns the exit status."""
+    """Runs one area, or every area present with ``area="all"``, writing JSON to ``out`` (default:
+    :func:`default_out`); returns the exit status."""
     try:
-        checkout_root()
+        root = checkout_root()
+        if area != "all" and area not in AREAS:
+            raise BenchError(f"unknown benchmark area {area!r}; choose one of {list(AREAS)} or 'all'")
+        device = "cpu" if area == "tuner" and device is None else resolve_device(device)  # the tuner is CPU only
+        out = out if out is not None else default_out(root, device, quick)
     except BenchError as err:
         print(f"panther bench: {err}", file=sys.stderr)
         return 2
@@ -86,6 +134,7 @@ def run_bench(area: str, *, device: str | None = None, quick: bool = False, out:
         except BenchError as err:
             print(f"panther bench: {err}", file=sys.stderr)
             return 2
+        _where_json_went(out)
         return 0
     failed = []
     for name in AREAS:
@@ -99,6 +148,7 @@ def run_bench(area: str, *, device: str | None = None, quick: bool = False, out:
             print(f"panther bench {name}: FAILED: {type(err).__name__}: {err}", file=sys.stderr)
         else:
             print(f"== {name}: {time.perf_counter() - start:.1f} s\n", flush=True)
+    _where_json_went(out)
     if failed:
         print(f"panther bench: failed areas: {failed}", file=sys.stderr)
         return 1
