@@ -59,7 +59,7 @@ def facts(machine: Machine) -> dict[str, str]:
     return {"qr": _qr(_rows(machine, "cqrrpt")), "svd": _svd(_rows(machine, "rsvd"))}
 
 
-_FLOOR = Need("`floor_ms`", "floor_ms", any_field("floor_ms", "x_floor"))
+_FLOOR = Need("`floor ms`: two GEMMs of 2mn² FLOPs at the measured rate", "floor ms", any_field("floor ms", "floor_ms", "x floor", "x_floor"))
 AREA = Area(
     key="linalg", title="Randomized linear algebra",
     benches=(Bench("cqrrpt", baseline=Need("`cqrrpt speedup`: peer QR time / CQRRPT time, same run", "cqrrpt speedup",
