@@ -180,7 +180,7 @@ def test_missing_fields_show_a_dash_and_are_listed(results):
     # the tuner's JSON layout has no floor, command or date; the GPU machine has no rsvd record
     assert "tuner (cpu tuner: when, command, floor_ms" in missing
     assert "h200 rsvd: no JSON" in missing
-    assert "h200 cqrrpt: floor_ms" in missing
+    assert "h200 cqrrpt: floor ms" in missing
     assert "cpu: no conv results" in missing and "h200: no tuner" not in missing  # the tuner runs on CPUs only
     tuner = _section(page, "Tuner on a pretrained model")
     run_row = next(line for line in tuner.splitlines() if line.startswith("| cpu "))
