@@ -122,6 +122,14 @@ def test_bad_arguments():
         search_plan([node, node], lambda p: 0.0, max_error=0.1)
     with pytest.raises(ValueError, match="calibration must be a non-empty list"):
         tune_module(mlp(), [], max_error=0.1)
+    forward_calls = []
+    model = mlp()
+    model.register_forward_hook(lambda *a: forward_calls.append(1))
+    for kwargs, words in (({"max_error": -1}, "max_error must be"), ({"max_error": 0.1, "inits": ["qr"]}, "inits"),
+                          ({"max_error": 0.1, "trials": -2}, "trials must be")):
+        with pytest.raises(ValueError, match=words):
+            tune_module(model, [torch.randn(4, 128)], **kwargs)
+    assert not forward_calls  # checked before any work
     with pytest.raises(ValueError, match="plan names layers that do not exist"):
         apply_plan(mlp(), Plan({"nope": None}))
 

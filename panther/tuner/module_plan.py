@@ -17,7 +17,7 @@ from ..plan import Plan
 from ..sketch_model import module_candidate, sketched_layer
 from .costs import LatencyCost
 from .layers import layer_kind, replace_module, sketchable_layers
-from .plan_search import PlanNode, search_plan
+from .plan_search import PlanNode, check_search_settings, search_plan
 from .storage import fingerprint
 
 
@@ -122,6 +122,9 @@ def tune_module(model: nn.Module, calibration, *, max_error: float, holdout=None
     """
     if not isinstance(calibration, (list, tuple)) or not calibration:
         raise ValueError("calibration must be a non-empty list of batches")
+    if holdout is not None and not isinstance(holdout, (list, tuple)):
+        raise ValueError(f"holdout must be a list of batches or None, got {type(holdout).__name__}")
+    check_search_settings(max_error, search_kwargs.get("trials", 40), inits)
     originals = {n: m for n, m in sketchable_layers(model).items() if layer_kind(m) in ("linear", "conv2d")}
     if layers is not None:
         unknown = sorted(set(layers) - set(originals))

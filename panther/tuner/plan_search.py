@@ -165,14 +165,8 @@ def _fingerprint(nodes, max_error, inits, objective, extra) -> str:
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def _check_arguments(nodes, evaluate, max_error, trials, inits) -> None:
-    names = [getattr(n, "name", None) for n in nodes]
-    if not all(isinstance(n, PlanNode) for n in nodes):
-        raise TypeError("nodes must be a list of panther.tuner.PlanNode")
-    if len(set(names)) != len(names):
-        raise ValueError("nodes must have distinct names")
-    if not callable(evaluate):
-        raise TypeError(f"evaluate must be callable f(plan) -> float, got {evaluate!r}")
+def check_search_settings(max_error, trials, inits) -> None:
+    """The settings every search takes, checked (errors name the argument) before any work."""
     if isinstance(max_error, bool) or not isinstance(max_error, (int, float)) or not max_error >= 0:
         raise ValueError(f"max_error must be a number >= 0, got {max_error!r}")
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
@@ -182,6 +176,17 @@ def _check_arguments(nodes, evaluate, max_error, trials, inits) -> None:
     for init in inits:
         if init not in INITS:
             raise ValueError(f"inits must hold 'sketch', 'svd' or 'asvd', got {init!r}")
+
+
+def _check_arguments(nodes, evaluate, max_error, trials, inits) -> None:
+    names = [getattr(n, "name", None) for n in nodes]
+    if not all(isinstance(n, PlanNode) for n in nodes):
+        raise TypeError("nodes must be a list of panther.tuner.PlanNode")
+    if len(set(names)) != len(names):
+        raise ValueError("nodes must have distinct names")
+    if not callable(evaluate):
+        raise TypeError(f"evaluate must be callable f(plan) -> float, got {evaluate!r}")
+    check_search_settings(max_error, trials, inits)
 
 
 def _resolve_cost(cost):
