@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import platform
+import statistics
 import time
 
 import torch
@@ -43,6 +44,24 @@ def time_ms(fn, device: str, *, min_run_time: float = 0.5) -> float:
     fn()  # warm-up (allocations, oneDNN primitive caches)
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def paired_ms(fn_a, fn_b, device: str, *, repeats: int = 20, warmup: int = 3) -> tuple[float, float]:
+    """Median milliseconds of ``fn_a`` and of ``fn_b``. On CUDA each goes through :func:`time_ms`;
+    on CPU the two are timed alternately, call by call, so that load from other processes on a
+    shared machine hits both alike."""
+    if torch.device(device).type == "cuda":
+        return time_ms(fn_a, device), time_ms(fn_b, device)
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times_a), 1e3 * statistics.median(times_b)
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,7 +23,7 @@ from torch import fx
 
 from .passes import (DynamoResolver, Options, apply_plan, find_candidates, format_table, make_plan, parse_options,
                      rows)
-from .passes.calibration import graph_second_moments
+from .passes.calibration import graph_batches, graph_second_moments, linear_inputs
 from .plan import Plan
 
 _saved_plans: dict[str, Plan] = {}  # save_plan path -> plan merged over this process's graphs
@@ -64,18 +64,18 @@ def analyse(gm: fx.GraphModule, example_inputs, options: Options):
     return candidates, make_plan(candidates, example_inputs, options)
 
 
-def _second_moments(gm, example_inputs, candidates, plan):
-    wanted = {}
-    for cand in candidates:
-        spec = plan.get(cand.name) if cand.eligible else None
-        if spec is not None and spec.init == "asvd" and cand.kind == "linear":
-            wanted.setdefault(cand.info["input"], []).append(cand.name)
-    return graph_second_moments(gm, example_inputs, wanted) if wanted else None
+def _second_moments(gm, batches, candidates, plan):
+    """{layer: E[x xᵀ]} for the plan's init="asvd" linears, over runs of ``gm`` on ``batches()``
+    (a function giving full graph input lists, called only then); None when the plan has none."""
+    chosen = [c for c in candidates if c.eligible and c.kind == "linear" and plan.get(c.name) is not None
+              and plan.get(c.name).init == "asvd"]
+    return graph_second_moments(gm, batches(), linear_inputs(chosen)) if chosen else None
 
 
 def _rewrite(gm, example_inputs, options: Options):
     candidates, plan = analyse(gm, example_inputs, options)
-    second_moments = _second_moments(gm, example_inputs, candidates, plan)
+    second_moments = _second_moments(gm, lambda: graph_batches(gm, example_inputs, options.calibration), candidates,
+                                     plan)
     rewritten = apply_plan(gm, candidates, plan, seed=options.seed, fuse=options.fuse,
                            example_inputs=example_inputs, second_moments=second_moments)
     return candidates, plan, rewritten

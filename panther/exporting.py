@@ -131,6 +131,20 @@ def _graph_inputs(ep: ExportedProgram, args, kwargs) -> list:
     return values
 
 
+def _calibration_inputs(ep: ExportedProgram, args, kwargs, inputs, opts) -> list[list]:
+    """Full placeholder values for each batch of option ``calibration`` (the example inputs without it)."""
+    if opts.calibration is None:
+        return [inputs]
+    from .passes.calibration import check_like
+
+    examples = pytree.tree_leaves((tuple(args), dict(kwargs or {})))
+    batches = []
+    for index, batch in enumerate(opts.calibration):
+        check_like(batch, examples, "calibration", index)
+        batches.append(_graph_inputs(ep, batch, {}))
+    return batches
+
+
 def export(model: nn.Module, args, kwargs: dict | None = None, *, plan=None, options: dict | None = None,
            dynamic_shapes=None, strict: bool = False) -> ExportedProgram:
     """``torch.export.export(model, args, kwargs)`` with the plan's nodes rewritten into panther ops.
@@ -141,8 +155,9 @@ def export(model: nn.Module, args, kwargs: dict | None = None, *, plan=None, opt
         plan: a :class:`panther.Plan`, a plan dict or a plan JSON path (names as in
             ``model.named_modules()``; a name that is no layer of the graph raises).
         options: the backend's options (``num_terms``/``low_rank``, ``rank_ratio``, ``init``,
-            ``kinds``, ``seed``, ``fuse``, ``report``, ``save_plan``); ``init="asvd"`` calibrates
-            on the example inputs.
+            ``kinds``, ``seed``, ``fuse``, ``report``, ``save_plan``, ``calibration``); ``init="asvd"``
+            calibrates on the ``calibration`` batches (tuples of the positional inputs), else on the
+            example inputs.
         dynamic_shapes, strict: passed to ``torch.export.export``.
 
     Returns the validated ExportedProgram; factors are persistent buffers named ``panther_<layer>_<factor>``.
@@ -163,7 +178,8 @@ def export(model: nn.Module, args, kwargs: dict | None = None, *, plan=None, opt
     chosen = make_plan(candidates, inputs, opts)
     from .backend import _second_moments  # the backend's calibration of init="asvd" on a graph
 
-    moments = _second_moments(ep.graph_module, inputs, candidates, chosen)
+    moments = _second_moments(ep.graph_module, lambda: _calibration_inputs(ep, args, kwargs, inputs, opts),
+                              candidates, chosen)
     installer = _ProgramBuffers(ep)
     rewritten = apply_plan(ep.graph_module, candidates, chosen, seed=opts.seed, fuse=opts.fuse, example_inputs=inputs,
                            second_moments=moments, installer=installer)

@@ -35,34 +35,41 @@ def _inside_mha(name: str, mha_names: set[str]) -> bool:
     return any(name.startswith(m + ".") for m in mha_names)
 
 
+def module_candidate(name: str, mod: nn.Module) -> Candidate | None:
+    """The candidate for one module (named as in ``model.named_modules()``), or None for a module
+    that cannot be swapped (not a Linear, HF Conv1D, Conv2d or MultiheadAttention)."""
+    if isinstance(mod, nn.Linear) or _is_conv1d(mod):
+        transposed = not isinstance(mod, nn.Linear)
+        weight = mod.weight.T if transposed else mod.weight
+        ok = weight.is_floating_point()
+        return Candidate(name, "linear", ok, "" if ok else "weight is not floating", weight=weight, param=mod.weight,
+                         transposed=transposed, info={"in_features": weight.shape[1], "out_features": weight.shape[0],
+                                                      "bias": mod.bias is not None, "module": mod})
+    if isinstance(mod, nn.Conv2d):
+        info = {"in_channels": mod.in_channels, "out_channels": mod.out_channels, "kernel_size": mod.kernel_size,
+                "stride": mod.stride, "dilation": mod.dilation, "groups": mod.groups,
+                "padding": resolve_padding(mod.padding, mod.kernel_size, mod.stride, mod.dilation),
+                "bias": mod.bias is not None, "module": mod}
+        ok = mod.weight.is_floating_point()
+        return Candidate(name, "conv2d", ok, "" if ok else "weight is not floating", weight=mod.weight,
+                         param=mod.weight, info=info)
+    if isinstance(mod, nn.MultiheadAttention):
+        ok = mod.bias_k is None and not mod.add_zero_attn
+        return Candidate(name, "attention", ok, "" if ok else "add_bias_kv / add_zero_attn",
+                         info={"heads": mod.num_heads, "head_dim": mod.head_dim, "q_len": None, "k_len": None,
+                               "causal": False, "module": mod})
+    return None
+
+
 def module_candidates(model: nn.Module) -> list[Candidate]:
     """Candidates for every swappable module, named as in ``model.named_modules()``."""
     mha_names = {n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
     found = []
     for name, mod in model.named_modules():
-        if _inside_mha(name, mha_names) or not name:
-            continue
-        if isinstance(mod, nn.Linear) or _is_conv1d(mod):
-            transposed = not isinstance(mod, nn.Linear)
-            weight = mod.weight.T if transposed else mod.weight
-            ok = weight.is_floating_point()
-            found.append(Candidate(name, "linear", ok, "" if ok else "weight is not floating", weight=weight,
-                                   param=mod.weight, transposed=transposed,
-                                   info={"in_features": weight.shape[1], "out_features": weight.shape[0],
-                                         "bias": mod.bias is not None, "module": mod}))
-        elif isinstance(mod, nn.Conv2d):
-            info = {"in_channels": mod.in_channels, "out_channels": mod.out_channels, "kernel_size": mod.kernel_size,
-                    "stride": mod.stride, "dilation": mod.dilation, "groups": mod.groups,
-                    "padding": resolve_padding(mod.padding, mod.kernel_size, mod.stride, mod.dilation),
-                    "bias": mod.bias is not None, "module": mod}
-            ok = mod.weight.is_floating_point()
-            found.append(Candidate(name, "conv2d", ok, "" if ok else "weight is not floating", weight=mod.weight,
-                                   param=mod.weight, info=info))
-        elif isinstance(mod, nn.MultiheadAttention):
-            ok = mod.bias_k is None and not mod.add_zero_attn
-            found.append(Candidate(name, "attention", ok, "" if ok else "add_bias_kv / add_zero_attn",
-                                   info={"heads": mod.num_heads, "head_dim": mod.head_dim, "q_len": None,
-                                         "k_len": None, "causal": False, "module": mod}))
+        if name and not _inside_mha(name, mha_names):
+            cand = module_candidate(name, mod)
+            if cand is not None:
+                found.append(cand)
     return found
 
 
@@ -108,6 +115,34 @@ def _performer(cand: Candidate, spec, seed: int) -> RandMultiHeadAttention:
     return layer
 
 
+def sketched_layer(cand: Candidate, spec, seed: int = 0, second_moment=None) -> nn.Module:
+    """The sketched module for an eligible module candidate under ``spec`` (factors from
+    ``panther.passes.linear_factors``/``conv_factors``, as the backend computes them), in the
+    dense module's train/eval mode. ``second_moment``: E[x xᵀ] of the layer's inputs, needed by
+    ``init="asvd"`` (a ValueError names the layer without it)."""
+    if cand.kind == "linear":
+        new = _sketched_linear(cand, spec, seed, second_moment)
+    elif cand.kind == "conv2d":
+        new = _sketched_conv(cand, spec, seed)
+    else:
+        new = _performer(cand, spec, seed)
+    new.train(cand.info["module"].training)
+    return new
+
+
+def _calibration(calibration, opts):
+    """The batches that calibrate init="asvd": the argument or ``options["calibration"]`` (not both)."""
+    if calibration is not None and opts.calibration is not None:
+        raise ValueError("give calibration batches either as the calibration argument or as "
+                         "options['calibration'], not both")
+    if calibration is None:
+        return opts.calibration
+    if not isinstance(calibration, (list, tuple)) or not calibration:
+        raise TypeError(f"calibration must be a non-empty list of batches (each a tensor, a tuple of positional "
+                        f"inputs or a dict of keyword inputs), got {type(calibration).__name__}")
+    return calibration
+
+
 def sketch_model(model: nn.Module, plan=None, *, options: dict | None = None, calibration=None) -> nn.Module:
     """Replaces the modules the plan sketches (in place) and returns ``model``.
 
@@ -117,8 +152,12 @@ def sketch_model(model: nn.Module, plan=None, *, options: dict | None = None, ca
             plan source in ``options``.
         options: the backend's options (``num_terms``/``low_rank``, ``rank_ratio``, ``init``,
             ``kinds``, ``seed``, ...; see ``panther.passes.options.OPTIONS``).
-        calibration: for ``init="asvd"`` entries, an iterable of input batches (tuples of
-            positional arguments or single tensors) whose layer inputs calibrate the SVD.
+        calibration: for ``init="asvd"`` entries, a list of input batches (each a tuple of
+            positional inputs, a dict of keyword inputs or one tensor); the model runs on them
+            (forward pre-hooks record each sketched linear's inputs) and their second moment
+            E[x xᵀ] calibrates the SVD. ``options["calibration"]`` is the same (tuples only).
+            An asvd entry without calibration, or whose layer the batches never reach, raises a
+            ValueError naming the layer.
 
     Plan names must exist in the model (a typo raises). A swapped layer starts from the
     dense layer's weights (factors per the spec's init) and bias.
@@ -131,6 +170,7 @@ def sketch_model(model: nn.Module, plan=None, *, options: dict | None = None, ca
             raise ValueError("give the plan either as the plan argument or as options['plan'], not both")
         opts["plan"] = plan
     opts = parse_options(opts)
+    calibration = _calibration(calibration, opts)
     candidates = module_candidates(model)
     if opts.plan is not None:
         opts.plan.check_names({c.name for c in candidates})
@@ -143,13 +183,7 @@ def sketch_model(model: nn.Module, plan=None, *, options: dict | None = None, ca
         raise ValueError(f"init='asvd' needs calibration batches (calibration=...) for layers {sorted(asvd)}")
     moments = module_second_moments(model, asvd, calibration) if asvd else {}
     for cand, spec in todo:
-        if cand.kind == "linear":
-            new = _sketched_linear(cand, spec, opts.seed, moments.get(cand.name))
-        elif cand.kind == "conv2d":
-            new = _sketched_conv(cand, spec, opts.seed)
-        else:
-            new = _performer(cand, spec, opts.seed)
-        new.train(cand.info["module"].training)
+        new = sketched_layer(cand, spec, opts.seed, moments.get(cand.name))
         parent_name, _, child = cand.name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     return model

@@ -137,13 +137,25 @@ def test_bench_quick_one_area(capsys):
     assert "CountSketch apply" in text and "x floor" in text
 
 
+def test_bench_tuner_quick_writes_harness_json(tmp_path, capsys):
+    from benchmarks.bench_tuner import main as bench_tuner
+
+    record = bench_tuner(["--quick", "--models", "mlp", "--trials", "2", "--repeats", "2",
+                          "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "tuner_cpu.json").read_text())
+    assert saved["rows"] == record["rows"] and saved["torch"] and saved["device_name"]
+    row = saved["rows"][0]
+    assert row["model"] == "MLP 1024-2048-1024" and row["dense_ms"] > 0 and row["tuned_ms"] > 0
+    assert 0 < row["linears_floor_ms"] <= row["dense_linears_floor_ms"] and row["flop_reduction"] > 1
+    assert "| model" in capsys.readouterr().out  # the tabulate table
+
+
 def test_bench_errors(tmp_path, capsys):
     with pytest.raises(BenchError, match="source checkout"):
         checkout_root(tmp_path)
     assert checkout_root() == ROOT
-    with pytest.raises(BenchError, match="CPU only"):
-        area_argv("tuner", "cuda", False, None)
     assert area_argv("linear", "cpu", True, "o") == ["--device", "cpu", "--quick", "--out", "o"]
+    assert area_argv("tuner", "cuda", True, "o") == ["--device", "cuda", "--quick", "--out", "o"]  # harness flags
     if not __import__("torch").cuda.is_available():
         assert main(["bench", "linear", "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err

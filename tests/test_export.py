@@ -108,6 +108,22 @@ def test_mlp_export_equals_compiled_and_drops_dense_weights(init):
         assert (ep.module()(fresh)[0] - model(fresh)[0]).abs().max() > 1e-3  # really sketched (rank 16 of 64)
 
 
+def test_export_asvd_calibrates_on_the_calibration_option():
+    torch.manual_seed(0)
+    model = MLP().eval()
+    x = torch.randn(8, 64)
+    cal = [torch.randn(32, 64) * torch.logspace(0, -2, 64) for _ in range(2)]
+    opts = {"num_terms": 1, "low_rank": 8, "init": "asvd"}
+    with pytest.raises(ValueError, match=r"option calibration: entry 0, input 0 is .*\(32, 64\)"):
+        pr.export(model, (x,), options={**opts, "calibration": [(c,) for c in cal]})  # not x's shape
+    x = torch.randn(32, 64)
+    ep = pr.export(model, (x,), options={**opts, "calibration": [(c,) for c in cal]})
+    swapped = pr.sketch_model(copy.deepcopy(model), options=opts, calibration=cal)
+    with torch.no_grad():
+        out, want = ep.module()(x), swapped(x)
+    torch.testing.assert_close(out[0], want[0], rtol=1e-5, atol=1e-5)
+
+
 def test_cnn_export_equals_compiled():
     torch.manual_seed(0)
     model = CNN().eval()

@@ -139,11 +139,35 @@ def test_bad_constructor_arguments(kwargs, exc, words):
         pr.nn.SKLinear(**args)
 
 
+def test_asvd_init_beats_svd_on_correlated_inputs():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 48, dtype=torch.float64)
+    mixing = torch.randn(6, 64, dtype=torch.float64)  # inputs: 6 latent factors, correlated features
+
+    def inputs(n):
+        return torch.randn(n, 6, dtype=torch.float64) @ mixing + 0.01 * torch.randn(n, 64, dtype=torch.float64)
+
+    calib, fresh = inputs(512), inputs(256)
+    second_moment = calib.T @ calib / calib.shape[0]
+    want = lin(fresh)
+    errs = {}
+    for init, moment in (("svd", None), ("asvd", second_moment)):
+        layer = pr.nn.SKLinear.from_linear(lin, 1, 4, init=init, second_moment=moment)  # rank 8 of 48
+        errs[init] = ((layer(fresh) - want).norm() / (want - lin.bias).norm()).item()
+    assert errs["asvd"] < 0.1 * errs["svd"] and errs["asvd"] < 0.02, errs
+
+
 def test_from_linear_bad_arguments():
     with pytest.raises(TypeError, match="torch.nn.Linear"):
         pr.nn.SKLinear.from_linear(nn.Conv2d(3, 3, 3), 1, 2)
     with pytest.raises(ValueError, match="init must be one of"):
         pr.nn.SKLinear.from_linear(nn.Linear(8, 8), 1, 2, init="qr")
+    with pytest.raises(ValueError, match="init='asvd' needs second_moment"):
+        pr.nn.SKLinear.from_linear(nn.Linear(8, 8), 1, 2, init="asvd")
+    with pytest.raises(ValueError, match="second_moment is used by init='asvd' only"):
+        pr.nn.SKLinear.from_linear(nn.Linear(8, 8), 1, 2, init="svd", second_moment=torch.eye(8))
+    with pytest.raises(ValueError, match=r"second_moment must be a tensor \[in_features, in_features\]"):
+        pr.nn.SKLinear.from_linear(nn.Linear(8, 8), 1, 2, init="asvd", second_moment=torch.eye(4))
 
 
 def test_forward_bad_input_names_x():

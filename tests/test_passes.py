@@ -270,7 +270,7 @@ def test_asvd_calibrated_on_example_inputs_in_the_graph():
         def backend(gm, ex, **_):
             cands = find_candidates(gm, DynamoResolver(gm, ex))
             plan = make_plan(cands, ex, cap.options)
-            apply_plan(gm, cands, plan, example_inputs=ex, second_moments=_second_moments(gm, ex, cands, plan))
+            apply_plan(gm, cands, plan, example_inputs=ex, second_moments=_second_moments(gm, lambda: [ex], cands, plan))
             return gm.forward
 
         out = torch.compile(model, backend=backend, fullgraph=True)(x)
@@ -311,7 +311,34 @@ def test_tuner_hook_decides_the_plan(monkeypatch):
 
     monkeypatch.setattr(planning, "_tuner", None)
     monkeypatch.setattr(options_mod, "_tuner_keys", {})
+    monkeypatch.setattr(options_mod, "_tuner_check", None)
     planning.register_tuner(tuner, {"trials": "number of trials"})
     _, cap = run(MLP().eval(), torch.randn(3, 64), options={"tune": True, "trials": 3}, rewrite=False)
     assert seen == {"names": ["fc1", "fc2", "tiny"], "trials": 3}
     assert cap.plans[0].sketched() == {"fc2": pr.SketchSpec(1, 4, "sketch")}
+
+
+def test_factor_caches_compute_one_svd_per_weight_across_ranks(monkeypatch):
+    from panther.passes import linear_factors
+
+    calls = []
+    real_svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or real_svd(*a, **k))
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 32)
+    X = torch.randn(200, 48, dtype=torch.float64)
+    C = X.T @ X / 200
+    for k in (2, 4, 8):  # the tuner's sensitivity: one layer at many ranks
+        linear_factors(lin.weight, pr.SketchSpec(1, k, "svd"), "fc", 0)
+    assert len(calls) == 1
+    for k in (2, 4, 8):
+        linear_factors(lin.weight, pr.SketchSpec(1, k, "asvd"), "fc", 0, C)
+    assert len(calls) == 2  # the whitened weight once, its SVD once
+    for k in (2, 4):  # a transposed view of the parameter (HF Conv1D's layout) is the same weight
+        linear_factors(lin.weight.T.T, pr.SketchSpec(1, k, "svd"), "fc", 0, owner=lin.weight)
+    assert len(calls) == 2
+    with torch.no_grad():
+        lin.weight.mul_(2)  # changed in place: new factors
+    S1s = linear_factors(lin.weight, pr.SketchSpec(1, 2, "svd"), "fc", 0)[0]
+    assert len(calls) == 3
+    torch.testing.assert_close(S1s, svd_factors(lin.weight.detach().clone(), 1, 2)[0])

@@ -6,11 +6,14 @@ from panther.plan import Plan, SketchSpec
 
 
 def test_round_trip_json_and_file(tmp_path):
-    plan = Plan({"a.fc1": SketchSpec(1, 64), "a.fc2": None, "conv": SketchSpec(2, 8, init="svd")})
+    plan = Plan({"a.fc1": SketchSpec(1, 64), "a.fc2": None, "conv": SketchSpec(2, 8, init="svd"),
+                 "a.fc3": SketchSpec(1, 16, init="asvd")})
     assert Plan.from_json(plan.to_json()) == plan
+    assert Plan.from_json(plan.to_json()).get("a.fc3").init == "asvd"  # the init is part of the decision
     plan.save(tmp_path / "p.json")
     assert Plan.load(tmp_path / "p.json") == plan
-    assert plan.sketched() == {"a.fc1": SketchSpec(1, 64), "conv": SketchSpec(2, 8, "svd")}
+    assert plan.sketched() == {"a.fc1": SketchSpec(1, 64), "conv": SketchSpec(2, 8, "svd"),
+                               "a.fc3": SketchSpec(1, 16, "asvd")}
     assert SketchSpec(2, 8).rank == 32
 
 

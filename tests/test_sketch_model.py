@@ -114,6 +114,47 @@ def test_asvd_needs_calibration_and_uses_it():
     assert errs["asvd"] < errs["svd"], errs
 
 
+def test_asvd_calibration_batches_in_every_form():
+    class Keywords(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.head = nn.Linear(32, 32), nn.Linear(32, 32)
+
+        def forward(self, x, scale=1.0):
+            return self.head(torch.relu(self.fc(x * scale)))
+
+    torch.manual_seed(0)
+    model = Keywords()
+    x = torch.randn(64, 32) * torch.logspace(0, -3, 32)
+    plan = {"fc": {"num_terms": 1, "low_rank": 2, "init": "asvd"}}
+    outs = [pr.sketch_model(copy.deepcopy(model), plan, calibration=batches)(x)
+            for batches in ([x], [(x,)], [{"x": x}], [{"x": x, "scale": 1.0}])]
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], rtol=0, atol=0)  # one statistic, however the batch is given
+    via_options = pr.sketch_model(copy.deepcopy(model), plan, options={"calibration": [(x,)]})(x)
+    torch.testing.assert_close(via_options, outs[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not both"):
+        pr.sketch_model(copy.deepcopy(model), plan, options={"calibration": [(x,)]}, calibration=[x])
+    with pytest.raises(TypeError, match="calibration must be a non-empty list of batches"):
+        pr.sketch_model(copy.deepcopy(model), plan, calibration=x)
+
+
+def test_asvd_layer_the_calibration_never_reaches_is_named():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(16, 16), nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.used(x)
+
+    with pytest.raises(ValueError, match=r"never reached layers \['unused'\]"):
+        pr.sketch_model(Branchy(), {"unused": {"num_terms": 1, "low_rank": 2, "init": "asvd"}},
+                        calibration=[torch.randn(4, 16)])
+    with pytest.raises(ValueError, match=r"init='asvd' needs calibration batches .* \['used'\]"):
+        pr.sketch_model(Branchy(), {"used": {"num_terms": 1, "low_rank": 2, "init": "asvd"}})
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="do not exist.*fc3"):
         pr.sketch_model(Net(), {"fc3": {"num_terms": 1, "low_rank": 2}})

@@ -70,12 +70,7 @@ def default_out(root: Path, device: str, quick: bool) -> str | None:
 
 
 def area_argv(area: str, device: str | None, quick: bool, out: str | None) -> list[str]:
-    """Command-line arguments for one area's ``main``."""
-    if area == "tuner":  # its own parser: CPU only, budgets and trials instead of --quick
-        if device not in (None, "cpu"):
-            raise BenchError("the tuner benchmark runs on the CPU only; drop --device cuda")
-        argv = ["--budgets", "0.1", "--trials", "5"] if quick else []
-        return argv + (["--json", str(Path(out) / "tuner.json")] if out else [])
+    """Command-line arguments for one area's ``main`` (every area takes the harness's flags)."""
     argv = ["--device", device] if device else []
     return argv + (["--quick"] if quick else []) + (["--out", out] if out else [])
 

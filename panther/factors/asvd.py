@@ -13,9 +13,39 @@ signs), which the layer and the ops accept alike.
 
 from __future__ import annotations
 
+import collections
+import weakref
+
 import torch
 
-from .linear import _check_weight, _work_dtype, svd_factors
+from .linear import _check_weight, _work_dtype, svd_factors, tensor_identity
+
+# The tuner asks for ASVD factors of one layer at many ranks: keep the last few whitenings (R and
+# W R; svd_factors then finds the SVD of the same W R in its own cache). An entry is valid only
+# for the same weight (see ``tensor_identity``) and second-moment tensors, versions and damping.
+_WHITE_CACHE: collections.OrderedDict = collections.OrderedDict()
+_WHITE_CACHE_SIZE = 4
+
+
+def _whitened(weight: torch.Tensor, second_moment: torch.Tensor, damping: float):
+    """(R, W R) in float64, with C + damping·mean(diag C)·I = R Rᵀ (Cholesky; cached)."""
+    owner, identity = tensor_identity(weight)
+    key = (*identity, id(second_moment), second_moment._version, damping)
+    hit = _WHITE_CACHE.get(key)
+    if hit is not None and hit[0]() is owner and hit[1]() is second_moment:
+        _WHITE_CACHE.move_to_end(key)
+        return hit[2]
+    d_in = weight.shape[1]
+    # Cholesky in float64: second moments of activations are often badly conditioned
+    C = second_moment.detach().to(device=weight.device, dtype=torch.float64)
+    C = (C + C.T) / 2
+    C = C + damping * (C.diagonal().mean().clamp_min(1e-12)) * torch.eye(d_in, dtype=C.dtype, device=C.device)
+    R = torch.linalg.cholesky(C)  # C = R Rᵀ, R lower triangular
+    value = (R, weight.detach().to(torch.float64) @ R)
+    _WHITE_CACHE[key] = (weakref.ref(owner), weakref.ref(second_moment), value)
+    while len(_WHITE_CACHE) > _WHITE_CACHE_SIZE:
+        _WHITE_CACHE.popitem(last=False)
+    return value
 
 
 @torch.no_grad()
@@ -36,12 +66,7 @@ def asvd_factors(weight: torch.Tensor, num_terms: int, low_rank: int, second_mom
         raise ValueError(f"damping must be in (0, 1), got {damping!r}")
     dtype = dtype or weight.dtype
     work = _work_dtype(dtype)
-    # Cholesky in float64: second moments of activations are often badly conditioned
-    C = second_moment.detach().to(device=weight.device, dtype=torch.float64)
-    C = (C + C.T) / 2
-    C = C + damping * (C.diagonal().mean().clamp_min(1e-12)) * torch.eye(d_in, dtype=C.dtype, device=C.device)
-    R = torch.linalg.cholesky(C)  # C = R Rᵀ, R lower triangular
-    W_white = weight.detach().to(torch.float64) @ R
+    R, W_white = _whitened(weight, second_moment, damping)
     S1s, S2s, U1s, U2s = svd_factors(W_white, num_terms, low_rank, generator=generator, dtype=torch.float64)
     Rt = R.T  # S1_i <- R⁻ᵀ S1_i, U2_i <- R⁻ᵀ U2_i  (upper-triangular solves)
     S1s = torch.linalg.solve_triangular(Rt, S1s, upper=True)

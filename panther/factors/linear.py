@@ -32,20 +32,33 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # The tuner asks for factors of the same weight at many ranks: keep the last few SVDs. An entry
-# is valid only for the same tensor (weak reference), storage, version and work dtype.
+# is valid only for the same tensor (weak reference to it, or to the tensor it is a view of),
+# version, place and work dtype. Pass the weight itself, not ``weight.detach()`` (a new tensor
+# each time, so never found again).
 _SVD_CACHE: collections.OrderedDict = collections.OrderedDict()
 _SVD_CACHE_SIZE = 4
 
 
+def tensor_identity(tensor: torch.Tensor):
+    """(owner, key) identifying ``tensor``'s values for a cache: the owner is the tensor a view was
+    taken from (a transposed weight is a fresh view each time, of the same parameter); the key
+    holds the owner's id and version counter and the view's place and layout. Keep a weak
+    reference to the owner beside the entry and check it, as ids are reused."""
+    owner = tensor._base if tensor._base is not None else tensor
+    return owner, (id(owner), owner._version, tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()),
+                   str(tensor.device))
+
+
 def _thin_svd(weight: torch.Tensor, work: torch.dtype):
     """P, s, Qh of weightᵀ [in, out] in ``work`` precision (cached)."""
-    key = (id(weight), weight.data_ptr(), weight._version, tuple(weight.shape), work)
+    owner, identity = tensor_identity(weight)
+    key = (*identity, work)
     hit = _SVD_CACHE.get(key)
-    if hit is not None and hit[0]() is weight:
+    if hit is not None and hit[0]() is owner:
         _SVD_CACHE.move_to_end(key)
         return hit[1]
     factors = torch.linalg.svd(weight.detach().to(work).T, full_matrices=False)
-    _SVD_CACHE[key] = (weakref.ref(weight), factors)
+    _SVD_CACHE[key] = (weakref.ref(owner), factors)
     while len(_SVD_CACHE) > _SVD_CACHE_SIZE:
         _SVD_CACHE.popitem(last=False)
     return factors

@@ -10,6 +10,7 @@ from torch import nn
 
 from .._validation import one_of, positive_int
 from ..factors import sketch_factors, svd_factors
+from ..factors.asvd import asvd_factors
 from ..ops.linear import triton_available
 
 
@@ -106,25 +107,38 @@ class SKLinear(nn.Module):
         low_rank: int,
         init: str = "sketch",
         generator: torch.Generator | None = None,
+        second_moment: torch.Tensor | None = None,
     ):
         """A sketched layer approximating ``linear`` (weights and bias copied).
 
         ``init="sketch"``: random sketches of the weight (unbiased, noisy; train after).
         ``init="svd"``: the best rank-2·num_terms·low_rank approximation (truncated SVD),
         for pretrained layers that must keep their outputs without training.
+        ``init="asvd"``: activation-aware SVD, the best rank-2Lk approximation on the inputs
+        the layer sees: give ``second_moment`` = E[x xᵀ] [in, in] over calibration inputs
+        (``panther.sketch_model(..., calibration=...)`` collects it for every layer).
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
-        one_of(init, "init", {"sketch", "svd"})
-        weight = linear.weight.detach()
+        one_of(init, "init", {"sketch", "svd", "asvd"})
+        if init == "asvd" and second_moment is None:
+            raise ValueError("init='asvd' needs second_moment = E[x xᵀ] [in_features, in_features] of the layer's "
+                             "calibration inputs")
+        if init != "asvd" and second_moment is not None:
+            raise ValueError(f"second_moment is used by init='asvd' only, got init={init!r}")
+        weight = linear.weight  # not detached (the factor functions run without grad): the SVD cache knows it
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the caller chose the sizes; from_linear is explicit
             layer = cls(linear.in_features, linear.out_features, num_terms, low_rank,
                         bias=linear.bias is not None, dtype=weight.dtype, device=weight.device,
                         generator=generator)
-        make = sketch_factors if init == "sketch" else svd_factors
+        if init == "asvd":
+            factors = asvd_factors(weight, layer.num_terms, layer.low_rank, second_moment, generator=generator)
+        else:
+            make = sketch_factors if init == "sketch" else svd_factors
+            factors = make(weight, layer.num_terms, layer.low_rank, generator=generator)
         with torch.no_grad():
-            layer._set_factors(make(weight, layer.num_terms, layer.low_rank, generator=generator))
+            layer._set_factors(factors)
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias)
         return layer

@@ -46,10 +46,20 @@ def _cached(weight: torch.Tensor, key: tuple, compute):
     return per_weight[key]
 
 
+def _values_key(tensor: torch.Tensor | None):
+    """A digest of a tensor's values: factors calibrated on equal statistics are shared, and
+    other statistics (new calibration data) never get stale factors."""
+    if tensor is None:
+        return None
+    data = tensor.detach().to("cpu", torch.float64).contiguous()
+    return tuple(tensor.shape), hashlib.sha1(data.numpy().tobytes()).hexdigest()
+
+
 def linear_factors(weight: torch.Tensor, spec: SketchSpec, name: str, seed: int, second_moment=None, *,
                    owner: torch.Tensor | None = None):
     """SKLinear's (S1s, S2s, U1s, U2s) for ``weight`` [out, in] under ``spec``.
 
+    ``second_moment``: E[x xᵀ] of the layer's inputs, used (and required) by ``init="asvd"``.
     ``owner``: the tensor the weight is a view of (a parameter stored [in, out] and passed
     here transposed); the cache keys on it, since a fresh view is a fresh object.
     """
@@ -61,9 +71,10 @@ def linear_factors(weight: torch.Tensor, spec: SketchSpec, name: str, seed: int,
                 raise ValueError(f"layer {name!r}: init='asvd' needs calibration inputs (their second moment)")
             return asvd_factors(weight, L, k, second_moment, generator=gen)
         make = sketch_factors if spec.init == "sketch" else svd_factors
-        return make(weight.detach(), L, k, generator=gen)
+        return make(weight, L, k, generator=gen)  # not detached: the SVD cache knows the weight itself
 
-    return _cached(owner if owner is not None else weight, ("linear", spec, name, seed), compute)
+    moment_key = _values_key(second_moment) if spec.init == "asvd" else None
+    return _cached(owner if owner is not None else weight, ("linear", spec, name, seed, moment_key), compute)
 
 
 def conv_factors(weight: torch.Tensor, spec: SketchSpec, groups: int, name: str, seed: int):

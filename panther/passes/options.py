@@ -32,8 +32,11 @@ OPTIONS = {
     "save_plan": "path: write the plan used as JSON (reusable with `plan`)",
     "fallback": "on a rewrite failure warn and compile with plain Inductor (default True); False raises",
     "inductor": "dict of Inductor config patches passed to compile_fx",
+    "calibration": "list of input tuples (the model's own tensor inputs, in order, shaped like the example inputs) "
+                   "whose layer inputs calibrate init='asvd' (and drive tune=True); default: the example inputs",
 }
 _tuner_keys: dict[str, str] = {}
+_tuner_check = None  # validates the tuner's keys (``Options.extra``) at parse time; set by register_option_keys
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Options:
     save_plan: str | None = None
     fallback: bool = True
     inductor: dict = field(default_factory=dict)
+    calibration: tuple | None = None  # batches (tuples of tensors) for init="asvd" and the tuner
     extra: dict = field(default_factory=dict)  # keys registered by the tuner
 
     @property
@@ -64,12 +68,41 @@ def valid_keys() -> dict[str, str]:
     return {**OPTIONS, **_tuner_keys}
 
 
-def register_option_keys(keys: dict[str, str]) -> None:
-    """Adds option keys (name -> meaning) that a plan source such as the tuner reads from ``Options.extra``."""
+def register_option_keys(keys: dict[str, str], check=None) -> None:
+    """Adds option keys (name -> meaning) that a plan source such as the tuner reads from ``Options.extra``.
+
+    ``check(extra) -> extra``, if given, validates (and may normalise) those keys' values when the
+    options are parsed, so a bad value raises before any work, naming the option.
+    """
+    global _tuner_check
     clash = set(keys) & set(OPTIONS)
     if clash:
         raise ValueError(f"option keys {sorted(clash)} are already panther's own")
+    if check is not None and not callable(check):
+        raise TypeError(f"check must be callable (extra options dict) -> dict, got {check!r}")
     _tuner_keys.update(keys)
+    _tuner_check = check
+
+
+def input_batches(value, name: str) -> tuple:
+    """``value`` as a non-empty tuple of batches, each a tuple of tensors (a lone tensor is a 1-tuple).
+
+    For options that carry the model's inputs (``calibration``, the tuner's ``holdout``).
+    """
+    import torch
+
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TypeError(f"option {name!r} must be a non-empty list of input tuples, e.g. [(x1,), (x2,)], "
+                        f"got {type(value).__name__}")
+    batches = []
+    for i, batch in enumerate(value):
+        batch = (batch,) if isinstance(batch, torch.Tensor) else batch
+        if not isinstance(batch, (list, tuple)) or not batch or \
+                not all(isinstance(t, torch.Tensor) for t in batch):
+            raise TypeError(f"option {name!r}: entry {i} must be a tuple of the model's tensor inputs, "
+                            f"got {type(batch).__name__}")
+        batches.append(tuple(batch))
+    return tuple(batches)
 
 
 def _bool(value, name):
@@ -145,5 +178,8 @@ def parse_options(options: dict | None) -> Options:
         if not isinstance(options["inductor"], dict):
             raise TypeError(f"option 'inductor' must be a dict of Inductor config patches, got {options['inductor']!r}")
         kw["inductor"] = dict(options["inductor"])
-    kw["extra"] = {k: v for k, v in options.items() if k in _tuner_keys}
+    if "calibration" in options:
+        kw["calibration"] = input_batches(options["calibration"], "calibration")
+    extra = {k: v for k, v in options.items() if k in _tuner_keys}
+    kw["extra"] = _tuner_check(extra) if _tuner_check is not None else extra
     return Options(**kw)

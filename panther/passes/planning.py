@@ -25,16 +25,17 @@ from .options import Options, register_option_keys
 _tuner = None
 
 
-def register_tuner(fn, option_keys: dict[str, str] | None = None) -> None:
+def register_tuner(fn, option_keys: dict[str, str] | None = None, check=None) -> None:
     """Installs ``fn(candidates, example_inputs, options) -> Plan`` as the ``tune=True`` plan source.
 
     ``option_keys`` (name -> meaning) become valid options; ``fn`` reads them from ``options.extra``.
+    ``check(extra) -> extra`` validates their values when options are parsed (before any work).
     """
     global _tuner
     if not callable(fn):
         raise TypeError(f"the tuner must be callable (candidates, example_inputs, options) -> Plan, got {fn!r}")
-    if option_keys:
-        register_option_keys(option_keys)
+    if option_keys or check is not None:
+        register_option_keys(option_keys or {}, check)
     _tuner = fn
 
 

@@ -184,15 +184,20 @@ def _rewrite_conv(emit, cand, factors):
     return emit.call(panther.sketched_conv2d.default, args, cand.node)
 
 
-def _rewrite_attention(emit, cand, projection):
+def favor_op(device):
+    """The FAVOR+ op an attention rewrite emits on ``device``: the Triton one on CUDA where available."""
     from ..ops.attention import triton_available
 
+    on_cuda = torch.device(device).type == "cuda"
+    return panther.favor_attention_triton.default if on_cuda and triton_available else panther.favor_attention.default
+
+
+def _rewrite_attention(emit, cand, projection):
     node = cand.node
     names = ("query", "key", "value")
     q, k, v = (node.args[i] if i < len(node.args) else node.kwargs[n] for i, n in enumerate(names))
     p = emit.installer.node(f"{cand.name}.features", projection, node)
-    op = panther.favor_attention_triton.default if projection.is_cuda and triton_available \
-        else panther.favor_attention.default
+    op = favor_op(projection.device)
     return emit.call(op, (q, k, v, p, "softmax", bool(cand.info["causal"]), None, 0), node)
 
 

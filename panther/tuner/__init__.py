@@ -8,8 +8,10 @@ Three entry points:
 * :class:`SkAutoTuner` (the AutoTuner guide's API): Bayesian optimisation of any objective
   over box bounds, ``optimize() -> (best_params, best_score)``.
 * :func:`search_plan`: the per-node plan search behind ``backend="panther"`` options
-  ``tune=True``: error budget on calibration batches, measured or modelled cost, Optuna
-  over per-node choices, held-out verification and back-off.
+  ``tune=True`` (and :func:`tune_module` for module swap): error budget on calibration
+  batches, cost measured per node (:class:`LatencyCost`) or counted, Optuna over per-node
+  choices (rank and init: svd, activation-aware svd, sketch), held-out verification and
+  back-off.
 
 Studies can live in an Optuna storage (``"sqlite:///tune.db"`` or a journal file path): an
 interrupted search resumes, and several processes can work on one study.
@@ -20,7 +22,8 @@ from .configs import LayerConfig, TuningConfigs
 from .layers import LAYER_TYPE_MAPPING, build_sketched, get_sketched_class, sketchable_layers
 from .module_plan import apply_plan, tune_module
 from .pareto import pareto_front, plot_pareto
-from .plan_search import LatencyCost, PlanNode, PlanSearchResult, flops_cost, memory_cost, search_plan
+from .costs import LatencyCost, flops_cost, memory_cost
+from .plan_search import PlanNode, PlanSearchResult, search_plan
 from .params import Categorical, Float, Int, ParamSpec, get_param_choices, is_param_spec, to_categorical
 from .resolver import LayerNameResolver, ParamsResolver, auto_space
 from .search import OptunaSearch, SearchAlgorithm

@@ -4,33 +4,95 @@ Registered with ``panther.passes.register_tuner`` when ``panther.tuner`` is impo
 each graph the backend hands over its candidate nodes; every candidate plan is applied to a
 copy of the graph (``panther.passes.apply_plan``) and run on the calibration inputs (option
 ``calibration``, else the compile's example inputs), and its output error against the dense
-graph drives :func:`search_plan`. With ``storage``, a finished search is reused only for the
-same graph, options and weights (``weights_fingerprint``).
+graph drives :func:`search_plan`. Linear nodes may take ``init="asvd"``: their factors come
+from the second moment of their inputs over the calibration batches — the statistic the
+backend computes again (same batches, same numbers) when it applies the chosen plan. With
+``storage``, a finished search is reused only for the same graph, options, weights and
+calibration data (``weights_fingerprint``); its sensitivity results serve any budget.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import math
+import numbers
+import os
 
 import torch
 from torch import fx
 
-from ..plan import Plan
+from ..passes.calibration import graph_batches, graph_second_moments, linear_inputs, well_calibrated
+from ..passes.candidates import value_of
+from ..passes.options import input_batches
+from ..passes.planning import _hint
+from ..plan import INITS, Plan
+from .costs import LatencyCost
 from .module_plan import relative_error
-from .plan_search import PlanNode, search_plan
+from .plan_search import COSTS, PlanNode, search_plan
+from .storage import fingerprint
+
+DEFAULT_INITS = ("svd", "asvd")
 
 OPTION_KEYS = {
     "max_error": "tune: relative error budget of the graph's outputs vs dense (default 0.01; 0 keeps all dense)",
     "trials": "tune: plan evaluations in the Optuna phase (default 30)",
     "storage": "tune: Optuna storage URL or journal file path; an interrupted search resumes, a finished one is reused",
-    "objective": "tune: cost to minimise: 'flops' (default), 'memory' or 'latency'",
-    "calibration": "tune: list of input tuples (the model's own tensor inputs, in order) whose output error "
-                   "drives the search (default: the compile's example inputs)",
+    "objective": "tune: cost to minimise: 'flops' (default), 'memory' or 'latency' (measured per node on the "
+                 "graph's device)",
     "holdout": "tune: list of input tuples (the model's own tensor inputs, in order), used to confirm the plan",
-    "tune_inits": "tune: inits to consider per node, e.g. ['svd', 'sketch'] (default: [options init])",
+    "tune_inits": "tune: inits to consider per node, from 'svd', 'asvd', 'sketch' (default ['svd', 'asvd']; "
+                  "asvd only for linear nodes, calibrated on the calibration inputs)",
     "tune_verbose": "tune: print the search summary table",
+    "tune_progress": "tune: show a progress bar over the search's evaluations (default True; False silences it)",
 }
+
+
+def _number(value, name: str, kind=numbers.Real):
+    if isinstance(value, bool) or not isinstance(value, kind) or not value >= 0:
+        what = "an int" if kind is numbers.Integral else "a number"
+        raise ValueError(f"option {name!r} must be {what} >= 0, got {value!r}")
+    return value
+
+
+def _inits(value) -> tuple:
+    inits = (value,) if isinstance(value, str) else value
+    if not isinstance(inits, (list, tuple)) or not inits or any(i not in INITS for i in inits) \
+            or len(set(inits)) != len(inits):
+        raise ValueError(f"option 'tune_inits' must be a non-empty list of distinct inits from {list(INITS)}, "
+                         f"got {value!r}")
+    return tuple(inits)
+
+
+def _storage(value):
+    if isinstance(value, (str, os.PathLike)) and os.fspath(value):
+        return value
+    import optuna
+
+    if isinstance(value, optuna.storages.BaseStorage):
+        return value
+    raise TypeError(f"option 'storage' must be an Optuna storage URL, a journal file path or an "
+                    f"optuna.storages.BaseStorage, got {value!r}")
+
+
+def check_options(extra: dict) -> dict:
+    """The tuner's options validated (and normalised) when the backend parses its options."""
+    out = dict(extra)
+    if "max_error" in out:
+        out["max_error"] = float(_number(out["max_error"], "max_error"))
+    if "trials" in out:
+        out["trials"] = int(_number(out["trials"], "trials", numbers.Integral))
+    if "objective" in out and out["objective"] not in (*COSTS, "latency"):
+        raise ValueError(f"option 'objective' must be one of {[*COSTS, 'latency']}, got {out['objective']!r}")
+    if "storage" in out:
+        out["storage"] = _storage(out["storage"])
+    if "holdout" in out:
+        out["holdout"] = input_batches(out["holdout"], "holdout")
+    if "tune_inits" in out:
+        out["tune_inits"] = _inits(out["tune_inits"])
+    for name in ("tune_verbose", "tune_progress"):
+        if name in out and not isinstance(out[name], bool):
+            raise TypeError(f"option {name!r} must be a bool, got {out[name]!r}")
+    return out
 
 
 def _copy_with_map(gm: fx.GraphModule):
@@ -59,84 +121,95 @@ def _outputs(value):
     return []
 
 
-def _graph_inputs(gm, example_inputs, user_inputs, option: str):
-    """The graph's inputs with the user's tensors in the slots of the model's own inputs
-    (Dynamo also passes parameters and buffers as inputs: those keep their example values)."""
-    if isinstance(user_inputs, torch.Tensor):
-        user_inputs = [user_inputs]
-    user_inputs = list(user_inputs)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    slots = [i for i, n in enumerate(placeholders)
-             if isinstance(example_inputs[i], torch.Tensor) and "_parameters_" not in n.name
-             and "_buffers_" not in n.name]
-    if len(slots) != len(user_inputs):
-        raise ValueError(f"option {option}: each entry must hold the model's {len(slots)} tensor input(s), got "
-                         f"{len(user_inputs)}")
-    inputs = list(example_inputs)
-    for i, value in zip(slots, user_inputs):
-        inputs[i] = value
-    return inputs
+def weights_fingerprint(candidates, batches=()) -> str:
+    """A digest of the candidates' names and weights and of the tensors in ``batches`` (the
+    calibration and held-out inputs; see :func:`panther.tuner.storage.fingerprint`), so that a
+    stored search is reused only for the same weights and data."""
+    parts = [p for c in candidates for p in (c.name, c.param) if p is not None]
+    return fingerprint(parts + [v for batch in batches for v in batch if isinstance(v, torch.Tensor)])
 
 
-def weights_fingerprint(candidates) -> str:
-    """A digest of the candidates' names, shapes and weights, so that a stored search is reused
-    only for the same weights. Large weights are sampled (every n-th value, at most 65536 of
-    them) and their float64 sum is included, which changes with any real retraining."""
-    digest = hashlib.sha1()
-    for cand in candidates:
-        digest.update(cand.name.encode())
-        if cand.param is None:
-            continue
-        flat = cand.param.detach().reshape(-1)
-        digest.update(f"{tuple(cand.param.shape)}{cand.param.dtype}{float(flat.double().sum())!r}".encode())
-        digest.update(flat[:: max(1, flat.numel() // 65536)].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+def _shape(node) -> tuple:
+    return tuple(_hint(size) for size in value_of(node).shape)
 
 
-def _node_of(cand) -> PlanNode:
+def _rows(cand) -> int:
+    """Rows (leading elements) of a linear candidate's input at the traced shape."""
+    return math.prod(_shape(cand.info["input"])[:-1])
+
+
+def _node_of(cand, moments: dict) -> PlanNode:
+    """The search's view of a candidate: its sizes at the traced shapes; a linear takes
+    init="asvd" only with calibration activations (see :func:`_asvd_ready`)."""
     i = cand.info
     if cand.kind == "linear":
-        return PlanNode(cand.name, "linear", {"in_features": i["in_features"], "out_features": i["out_features"]})
+        sizes = {"in_features": i["in_features"], "out_features": i["out_features"], "rows": _rows(cand)}
+        return PlanNode(cand.name, "linear", sizes, inits=None if cand.name in moments else ("sketch", "svd"))
     if cand.kind == "conv2d":
-        return PlanNode(cand.name, "conv2d", {k: i[k] for k in ("in_channels", "out_channels", "kernel_size", "groups")})
-    return PlanNode(cand.name, "attention", {"head_dim": i["head_dim"], "q_len": int(i["q_len"]),
-                                             "k_len": int(i["k_len"]), "heads": int(i["heads"])})
+        out = _shape(cand.node)
+        sizes = {k: i[k] for k in ("in_channels", "out_channels", "kernel_size", "groups", "stride", "padding",
+                                   "dilation")}
+        return PlanNode(cand.name, "conv2d", {**sizes, "input_shape": _shape(i["input"]),
+                                              "pixels": out[0] * out[2] * out[3]})
+    return PlanNode(cand.name, "attention", {"head_dim": i["head_dim"], "q_len": _hint(i["q_len"]),
+                                             "k_len": _hint(i["k_len"]), "heads": _hint(i["heads"]),
+                                             "batch": _shape(cand.node)[0], "causal": bool(i["causal"])})
+
+
+def _asvd_ready(eligible, n_batches: int) -> list:
+    """The linear candidates whose calibration inputs can choose init="asvd": at least as many
+    rows over the batches as input features (``well_calibrated``); only theirs are collected."""
+    return [c for c in eligible if c.kind == "linear" and well_calibrated(_rows(c) * n_batches,
+                                                                          c.info["in_features"])]
+
+
+def _plan_runner(gm, eligible, example_inputs, seed: int, moments: dict):
+    """``run(plan, inputs) -> outputs`` of a copy of ``gm`` with ``plan`` applied (no fusion)."""
+    from ..passes import apply_plan
+
+    def run(plan, batches):
+        copy, mapping = _copy_with_map(gm)
+        cands = [dataclasses.replace(c, node=mapping[c.node], info={k: _remap(v, mapping) for k, v in c.info.items()})
+                 for c in eligible]
+        apply_plan(copy, cands, plan, seed=seed, fuse=False, example_inputs=example_inputs, second_moments=moments)
+        return [t for b in batches for t in _outputs(copy(*b))]
+
+    return run
+
+
+def _error_on(run, gm, batches):
+    """``f(plan) -> relative error`` of the plan's outputs on ``batches`` against the dense graph's."""
+    references = [t for b in batches for t in _outputs(gm(*b))]
+    return lambda plan: relative_error(run(plan, batches), references)
+
+
+def _cost(objective: str, eligible):
+    """The objective as search_plan's cost; latency is timed on the graph's device and dtype."""
+    if objective != "latency":
+        return objective
+    out = value_of(eligible[0].node)
+    return LatencyCost(device=out.device, dtype=out.dtype)
 
 
 @torch.no_grad()
 def tune_graph(candidates, example_inputs, options) -> Plan:
-    from ..passes import apply_plan
-
-    extra = dict(options.extra)
+    extra = options.extra
     eligible = [c for c in candidates if c.eligible and c.kind in options.kinds]
     if not eligible:
         return Plan({c.name: None for c in candidates if c.eligible})
     gm = eligible[0].node.graph.owning_module
-    calibration = extra.get("calibration")
-    batches = ([_graph_inputs(gm, example_inputs, b, "calibration") for b in calibration] if calibration
-               else [list(example_inputs)])
-    refs = [_outputs(gm(*b)) for b in batches]
-    holdout = [_graph_inputs(gm, example_inputs, b, "holdout") for b in extra.get("holdout") or []]
-    held_refs = [_outputs(gm(*b)) for b in holdout]
-
-    def error_on(inputs, references):
-        def run(plan):
-            copy, mapping = _copy_with_map(gm)
-            cands = []
-            for c in eligible:
-                info = {k: _remap(v, mapping) for k, v in c.info.items()}
-                cands.append(dataclasses.replace(c, node=mapping[c.node], info=info))
-            apply_plan(copy, cands, plan, seed=options.seed, fuse=False, example_inputs=example_inputs)
-            outs = [_outputs(copy(*b)) for b in inputs]
-            return relative_error([t for o in outs for t in o], [t for r in references for t in r])
-        return run
-
-    inits = tuple(extra.get("tune_inits") or (options.init if options.init != "asvd" else "svd",))
-    result = search_plan([_node_of(c) for c in eligible], error_on(batches, refs),
-                         max_error=float(extra.get("max_error", 0.01)), trials=int(extra.get("trials", 30)),
-                         cost=extra.get("objective", "flops"), storage=extra.get("storage"), inits=inits,
-                         holdout=error_on(holdout, held_refs) if holdout else None, seed=options.seed,
-                         fingerprint=weights_fingerprint(eligible))
+    batches = graph_batches(gm, example_inputs, options.calibration, "calibration")
+    holdout = graph_batches(gm, example_inputs, extra["holdout"], "holdout") if extra.get("holdout") else []
+    inits = extra.get("tune_inits", DEFAULT_INITS)
+    ready = _asvd_ready(eligible, len(batches)) if "asvd" in inits else []
+    moments = graph_second_moments(gm, batches, linear_inputs(ready)) if ready else {}
+    run = _plan_runner(gm, eligible, example_inputs, options.seed, moments)
+    result = search_plan([_node_of(c, moments) for c in eligible], _error_on(run, gm, batches),
+                         max_error=extra.get("max_error", 0.01), trials=extra.get("trials", 30),
+                         cost=_cost(extra.get("objective", "flops"), eligible), storage=extra.get("storage"),
+                         inits=inits, holdout=_error_on(run, gm, holdout) if holdout else None, seed=options.seed,
+                         fingerprint=weights_fingerprint(eligible, batches + holdout),
+                         show_progress_bar=extra.get("tune_progress", True))
     if extra.get("tune_verbose"):
         print(result.summary())
     return Plan({**{c.name: None for c in candidates if c.eligible}, **result.plan.entries})
@@ -147,4 +220,4 @@ def register() -> None:
         from ..passes import register_tuner
     except ImportError:  # the compile passes are not available: the rest of the tuner still works
         return
-    register_tuner(tune_graph, OPTION_KEYS)
+    register_tuner(tune_graph, OPTION_KEYS, check_options)

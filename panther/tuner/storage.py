@@ -14,6 +14,7 @@ killed stays "running" in the storage; it is ignored (never counted, never reuse
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 
@@ -43,3 +44,21 @@ def finished_trials(study) -> list:
     from optuna.trial import TrialState
 
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+
+
+def fingerprint(parts) -> str:
+    """A short digest of ``parts`` (strings and tensors, in order), for study names: a stored
+    search is reused only for the same weights and data. Tensors contribute their shape, dtype,
+    float64 sum and every n-th value (at most 65536 of them), which changes with any real
+    retraining or new data at little cost for large tensors."""
+    import torch
+
+    digest = hashlib.sha1()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            flat = part.detach().reshape(-1)
+            digest.update(f"{tuple(part.shape)}{part.dtype}{float(flat.double().sum())!r}".encode())
+            digest.update(flat[:: max(1, flat.numel() // 65536)].float().cpu().numpy().tobytes())
+        else:
+            digest.update(str(part).encode())
+    return digest.hexdigest()[:16]
