@@ -85,9 +85,9 @@ GPU_RECORDS = {
     ],
 }
 TUNER = {"meta": {"device": "x86_64", "threads": 2, "torch": "2.13.0+cpu", "trials": 10},
-         "rows": [{"model": "all-MiniLM-L6-v2", "budget": 0.05, "sketched_layers": 2, "layers": 37,
-                   "cal_error": 0.02, "heldout_error": 0.029, "cos_mean": 0.9995, "cos_min": 0.999,
-                   "linear_flops_ratio": 0.994, "dense_ms": 21.0, "sketched_ms": 22.0, "speedup": 0.95,
+         "rows": [{"model": "all-MiniLM-L6-v2", "budget": 0.05, "objective": "flops", "sketched": "2/36",
+                   "inits": "asvd", "cal_error": 0.02, "heldout_error": 0.029, "cos_mean": 0.9995, "cos_min": 0.999,
+                   "flop_reduction": 1.006, "dense_ms": 21.0, "tuned_ms": 22.0, "speedup": 0.95,
                    "tune_s": 3.0}]}
 FILES = {"linear": "linear", "bench_conv": "bench_conv", "bench_attention": "bench_attention",
          "sketch_apply": "sketch_apply", "cqrrpt": "cqrrpt", "compile": "compile", "export": "export"}
@@ -178,7 +178,7 @@ def test_missing_fields_show_a_dash_and_are_listed(results):
     page, _ = render(results, "BENCHMARKS.md")
     missing = next(line for line in page.splitlines() if line.startswith("**Missing:**"))
     # the tuner's JSON layout has no floor, command or date; the GPU machine has no rsvd record
-    assert "tuner (cpu tuner: when, command, floor_ms" in missing
+    assert "tuner (cpu tuner: when, command, linears_floor_ms" in missing
     assert "h200 rsvd: no JSON" in missing
     assert "h200 cqrrpt: floor ms" in missing
     assert "cpu: no conv results" in missing and "h200: no tuner" not in missing  # the tuner runs on CPUs only
