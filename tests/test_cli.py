@@ -140,7 +140,7 @@ def test_bench_quick_one_area(capsys):
 def test_bench_tuner_quick_writes_harness_json(tmp_path, capsys):
     from benchmarks.bench_tuner import main as bench_tuner
 
-    record = bench_tuner(["--quick", "--models", "mlp", "--trials", "2", "--repeats", "2",
+    record = bench_tuner(["--quick", "--device", "cpu", "--models", "mlp", "--trials", "2", "--repeats", "2",
                           "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "tuner_cpu.json").read_text())
     assert saved["rows"] == record["rows"] and saved["torch"] and saved["device_name"]
