@@ -5,7 +5,6 @@ Inductor compiles are slow on 2 cores, so models are tiny and each test compiles
 """
 
 import copy
-import importlib.metadata
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,8 @@ import panther as pr
 import panther.backend as backend_mod
 from panther.backend import panther_backend
 from panther.passes import factors as factors_mod
+
+from .conftest import BACKEND, ENTRY_POINT
 
 
 class MLP(nn.Module):
@@ -47,11 +48,6 @@ class ResNetish(nn.Module):
         return self.head(h.mean((2, 3)))
 
 
-# `make test` pip-installs panther, which registers backend="panther" through the
-# torch_dynamo_backends entry point; an in-place build (benchmarks/gpu_all.sh) does not, so
-# there the tests pass the backend function itself.
-ENTRY_POINT = any(ep.name == "panther" for ep in importlib.metadata.entry_points(group="torch_dynamo_backends"))
-BACKEND = "panther" if ENTRY_POINT else panther_backend
 
 
 def compiled(model, options=None, **kwargs):

@@ -11,6 +11,8 @@ from panther.plan import Plan
 from panther.tuner import PlanNode, plot_pareto, search_plan
 from panther.tuner.module_plan import apply_plan, relative_error, tune_module
 
+from .conftest import BACKEND
+
 
 def lowrank_(linear, rank, noise=0.002):
     o, i = linear.weight.shape
@@ -140,7 +142,7 @@ def test_backend_tune_option_meets_budget_on_held_out_inputs():
     options = {"tune": True, "max_error": 0.05, "trials": 5, "holdout": [[held]]}
     with torch.no_grad():
         ref, ref_held = model(x), model(held)
-        compiled = torch.compile(model, backend="panther", options=options)
+        compiled = torch.compile(model, backend=BACKEND, options=options)
         y, y_held = compiled(x), compiled(held)
     assert float((y - ref).norm() / ref.norm()) <= 0.05
     assert float((y_held - ref_held).norm() / ref_held.norm()) <= 0.05
@@ -151,7 +153,7 @@ def test_backend_tune_budget_zero_is_dense():
     model = mlp()
     x = batches((8, 128), 1, 3)[0]
     with torch.no_grad():
-        y = torch.compile(model, backend="panther", options={"tune": True, "max_error": 0.0})(x)
+        y = torch.compile(model, backend=BACKEND, options={"tune": True, "max_error": 0.0})(x)
         torch.testing.assert_close(y, model(x), rtol=1e-5, atol=1e-5)
 
 
@@ -161,7 +163,7 @@ def test_backend_tune_calibration_batches_drive_the_search():
     calib = [[b] for b in batches((32, 128), 2, 5)]
     options = {"tune": True, "max_error": 0.05, "trials": 5, "calibration": calib}
     with torch.no_grad():
-        compiled = torch.compile(model, backend="panther", options=options)
+        compiled = torch.compile(model, backend=BACKEND, options=options)
         compiled(x)
         for (b,) in calib:  # the budget holds on the calibration batches it was tuned on
             ref = model(b)
@@ -169,7 +171,7 @@ def test_backend_tune_calibration_batches_drive_the_search():
     torch.compiler.reset()
     bad = {"tune": True, "max_error": 0.05, "trials": 2, "calibration": [[x, x]], "fallback": False}
     with torch.no_grad(), pytest.raises(Exception, match="option calibration: each entry must hold the model's 1"):
-        torch.compile(model, backend="panther", options=bad)(x)
+        torch.compile(model, backend=BACKEND, options=bad)(x)
 
 
 def test_stored_search_is_reused_only_for_the_same_weights(tmp_path):
@@ -231,7 +233,7 @@ def test_backend_tune_chooses_asvd_records_it_and_sketch_model_agrees(tmp_path, 
     path = tmp_path / "plan.json"
     options = {"tune": True, "max_error": 0.05, "trials": 3, "calibration": cal, "save_plan": str(path)}
     with torch.no_grad():
-        y = torch.compile(model, backend="panther", options=options)(x)
+        y = torch.compile(model, backend=BACKEND, options=options)(x)
         ref = model(x)
     assert "panther tune" in capsys.readouterr().err  # the progress bar (on by default)
     plan = pr.Plan.load(path)  # the JSON round trip keeps the init
