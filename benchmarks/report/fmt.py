@@ -73,3 +73,8 @@ def faster(ratios, spec: str = ".0f") -> str:
     if hi <= 0:
         return span([-hi, -lo], spec, "% slower")
     return f"between {-lo:{spec}}% slower and {hi:{spec}}% faster"
+
+
+def single_table(rows: list[dict], columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """An area's tables when it has one untitled table: none without rows."""
+    return [("", table(rows, columns))] if rows else []

@@ -26,6 +26,11 @@ class Machine:
     device: str  # "cuda" or "cpu"
     records: dict[str, dict] = field(default_factory=dict)
 
+    def rows(self, name: str) -> list[dict]:
+        """The rows of record ``name`` (none when the machine has no such record)."""
+        record = self.records.get(name)
+        return record["rows"] if record else []
+
     @property
     def device_name(self) -> str | None:
         names = [r["device_name"] for r in self.records.values() if r.get("device_name")]

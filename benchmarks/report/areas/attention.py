@@ -15,8 +15,7 @@ COLUMNS = ([("N", "N"), ("causal", "causal"), ("pass", "pass")] + [(i, f"{i} ms"
 
 
 def _rows(machine: Machine) -> list[dict]:
-    record = machine.records.get("bench_attention")
-    return record["rows"] if record else []
+    return machine.rows("bench_attention")
 
 
 def pivot(rows: list[dict]) -> list[dict]:

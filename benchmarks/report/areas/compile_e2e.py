@@ -12,13 +12,11 @@ COLUMNS = [(k, k) for k in ("backend", "layers", "d", "tokens", "dtype", "sketch
 
 
 def _rows(machine: Machine) -> list[dict]:
-    record = machine.records.get("compile")
-    return record["rows"] if record else []
+    return machine.rows("compile")
 
 
 def tables(machine: Machine) -> list[tuple[str, str]]:
-    rows = _rows(machine)
-    return [("", fmt.table(rows, COLUMNS))] if rows else []
+    return fmt.single_table(_rows(machine), COLUMNS)
 
 
 def facts(machine: Machine) -> dict[str, str]:

@@ -14,13 +14,11 @@ WIDE = 1024  # input channels from which the sketch's saving is large
 
 
 def _rows(machine: Machine) -> list[dict]:
-    record = machine.records.get("bench_conv")
-    return record["rows"] if record else []
+    return machine.rows("bench_conv")
 
 
 def tables(machine: Machine) -> list[tuple[str, str]]:
-    rows = _rows(machine)
-    return [("", fmt.table(rows, COLUMNS))] if rows else []
+    return fmt.single_table(_rows(machine), COLUMNS)
 
 
 def _channels(row: dict) -> int | None:

@@ -12,17 +12,12 @@ SVD_COLUMNS = [(k, k) for k in ("op", "dtype", "m", "n", "k", "p", "iters", "ms"
 OURS, PEER = "panther randomized_svd", "torch.svd_lowrank"
 
 
-def _rows(machine: Machine, name: str) -> list[dict]:
-    record = machine.records.get(name)
-    return record["rows"] if record else []
-
-
 def tables(machine: Machine) -> list[tuple[str, str]]:
     out = []
-    if _rows(machine, "cqrrpt"):
-        out.append(("CQRRPT (pivoted QR of a tall matrix)", fmt.table(_rows(machine, "cqrrpt"), QR_COLUMNS)))
-    if _rows(machine, "rsvd"):
-        out.append(("randomized SVD", fmt.table(_rows(machine, "rsvd"), SVD_COLUMNS)))
+    if machine.rows("cqrrpt"):
+        out.append(("CQRRPT (pivoted QR of a tall matrix)", fmt.table(machine.rows("cqrrpt"), QR_COLUMNS)))
+    if machine.rows("rsvd"):
+        out.append(("randomized SVD", fmt.table(machine.rows("rsvd"), SVD_COLUMNS)))
     return out
 
 
@@ -56,7 +51,7 @@ def _qr(rows: list[dict]) -> str:
 
 
 def facts(machine: Machine) -> dict[str, str]:
-    return {"qr": _qr(_rows(machine, "cqrrpt")), "svd": _svd(_rows(machine, "rsvd"))}
+    return {"qr": _qr(machine.rows("cqrrpt")), "svd": _svd(machine.rows("rsvd"))}
 
 
 _FLOOR = Need("`floor ms`: two GEMMs of 2mn² FLOPs at the measured rate", "floor ms", any_field("floor ms", "floor_ms", "x floor", "x_floor"))

@@ -25,8 +25,7 @@ def _triton_kernels(row: dict) -> bool:
 
 
 def _rows(machine: Machine) -> list[dict]:
-    record = machine.records.get("linear")
-    return record["rows"] if record else []
+    return machine.rows("linear")
 
 
 def tables(machine: Machine) -> list[tuple[str, str]]:

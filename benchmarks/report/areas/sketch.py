@@ -10,13 +10,11 @@ COLUMNS = [(k, k) for k in ("op", "m", "n", "d", "ms", "x floor")]
 
 
 def _rows(machine: Machine) -> list[dict]:
-    record = machine.records.get("sketch_apply")
-    return record["rows"] if record else []
+    return machine.rows("sketch_apply")
 
 
 def tables(machine: Machine) -> list[tuple[str, str]]:
-    rows = _rows(machine)
-    return [("", fmt.table(rows, COLUMNS))] if rows else []
+    return fmt.single_table(_rows(machine), COLUMNS)
 
 
 def _kind(row: dict) -> str:

@@ -13,13 +13,11 @@ COLUMNS = [(k, k) for k in ("model", "budget", "objective", "sketched", "inits",
 
 
 def _rows(machine: Machine) -> list[dict]:
-    record = machine.records.get("tuner")
-    return record["rows"] if record else []
+    return machine.rows("tuner")
 
 
 def tables(machine: Machine) -> list[tuple[str, str]]:
-    rows = _rows(machine)
-    return [("", fmt.table(rows, COLUMNS))] if rows else []
+    return fmt.single_table(_rows(machine), COLUMNS)
 
 
 def _model_line(model: str, rows: list[dict]) -> str:
