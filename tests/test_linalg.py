@@ -55,7 +55,7 @@ def test_cqrrpt_direct_path(dtype, kind, monkeypatch):
     module = sys.modules["panther.linalg.cqrrpt"]
     taken = []
     direct = module._direct
-    monkeypatch.setattr(module, "_direct", lambda *a: taken.append(direct(*a)) or taken[-1])
+    monkeypatch.setattr(module, "_direct", lambda *a, **k: taken.append(direct(*a, **k)) or taken[-1])
     g = torch.Generator().manual_seed(0)
     M = torch.randn(30000, 24, dtype=F64, generator=g)
     if kind == "column-scaled":
@@ -67,6 +67,22 @@ def test_cqrrpt_direct_path(dtype, kind, monkeypatch):
     assert (Md[:, J] - Q.double() @ R.double()).norm() / Md.norm() <= TOL[dtype]
     assert (Q.double().T @ Q.double() - torch.eye(24, dtype=F64)).norm() <= 10 * TOL[dtype]
     assert torch.equal(R.tril(-1), torch.zeros_like(R))
+
+
+def test_cqrrpt_direct_path_on_cpu_takes_wide_well_conditioned_matrices(monkeypatch):
+    # 20000 x 400 Gaussian: Gershgorin's radius (~2) refuses it, the eigenvalues of the
+    # column-normalised Gram (kappa ~1.8 <= 3) accept it on a CPU; the contract holds either way.
+    module = sys.modules["panther.linalg.cqrrpt"]
+    taken = []
+    direct = module._direct
+    monkeypatch.setattr(module, "_direct", lambda *a, **k: taken.append(direct(*a, **k)) or taken[-1])
+    g = torch.Generator().manual_seed(1)
+    M = torch.randn(20000, 400, dtype=F64, generator=g)
+    Q, R, J = pr.linalg.cqrrpt(M, generator=g)
+    assert taken and taken[-1] is not None
+    assert (M[:, J] - Q @ R).norm() / M.norm() <= TOL[F64]
+    assert (Q.T @ Q - torch.eye(400, dtype=F64)).norm() <= 10 * TOL[F64]
+    assert module._direct(M, M.T @ M, J, exact=False) is None  # the bound alone refuses it
 
 
 def test_cqrrpt_float32_full_rank_gaussian_regression():
@@ -273,7 +289,7 @@ def test_gpu_cqrrpt_direct_path(dtype, monkeypatch):
     module = sys.modules["panther.linalg.cqrrpt"]
     taken = []
     direct = module._direct
-    monkeypatch.setattr(module, "_direct", lambda *a: taken.append(direct(*a)) or taken[-1])
+    monkeypatch.setattr(module, "_direct", lambda *a, **k: taken.append(direct(*a, **k)) or taken[-1])
     M = torch.randn(400_000, 64, device="cuda", dtype=dtype)
     Q, R, J = pr.linalg.cqrrpt(M)
     assert taken[-1] is not None and Q.shape == (400_000, 64)

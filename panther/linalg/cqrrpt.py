@@ -30,8 +30,9 @@ M's unit roundoff, so a float32 input needs no second pass (the earlier float32 
 float32 passes: two more GEMMs over the tall matrix). The GEMMs on the tall matrix run in M's
 dtype (TF32 is never enabled here).
 
-Direct path. While the host factors the sketch, the device computes the float64 Gram MᵀM
-(queued behind the sketch's copy to pinned memory, so the two overlap). Once the pivots are
+Direct path. On a GPU, while the host factors the sketch, the device computes the float64 Gram
+MᵀM (queued behind the sketch's copy to pinned memory, so the two overlap); on a CPU, where
+nothing would overlap, the Gram is formed after the QRCP and only when the rank is full. Once the pivots are
 known, if M has full rank and a Gershgorin bound on the column-normalised Gram of M[:, J] proves
 κ(M D⁻¹)² <= 3 (D: column norms), M needs no preconditioning: Cholesky QR of M[:, J] itself is
 then more accurate than of the preconditioned A (κ(A) ≈ 10-20), and Q = M·(P L⁻ᵀ) is the only
@@ -110,17 +111,27 @@ def _qrcp(a: np.ndarray):
 DIRECT_RADIUS = 0.5
 
 
-def _direct(M, G, J):
+def _direct(M, G, J, exact=False):
     """Cholesky QR of M[:, J] itself from its float64 Gram G (computed before the pivots were known),
     when a Gershgorin bound certifies that M is well conditioned up to column scaling (Cholesky
-    QR's rounding does not see column scaling). Returns (Q, R [n, n] float64) or None. One sync."""
+    QR's rounding does not see column scaling). With ``exact`` (on a CPU, where a small symmetric
+    eigensolve costs little beside the GEMMs) a refused bound is retried with the eigenvalues of
+    the column-normalised Gram themselves: Gershgorin's radius grows with n (about √n · n/√m for
+    a Gaussian M), so wide well-conditioned matrices fail it. Both accept κ(M D⁻¹)² <= 3.
+    Returns (Q, R [n, n] float64) or None. One sync (two with the eigensolve)."""
     Gp = G[J][:, J]
     scale = Gp.diagonal().rsqrt()
     C = Gp * scale[:, None] * scale[None, :]
     radius = (C.abs().sum(1) - C.diagonal().abs()).max()
     L, info = torch.linalg.cholesky_ex(Gp)
-    if not bool((info == 0) & (radius <= DIRECT_RADIUS) & torch.isfinite(radius)):
+    if not bool(info == 0):
         return None
+    if not bool((radius <= DIRECT_RADIUS) & torch.isfinite(radius)):
+        if not exact:
+            return None
+        eig = torch.linalg.eigvalsh(C)
+        if not bool((eig[0] > 0) & (eig[-1] <= (1 + DIRECT_RADIUS) / (1 - DIRECT_RADIUS) * eig[0])):
+            return None
     n = L.shape[0]
     X = torch.zeros_like(L)
     X[J] = torch.linalg.solve_triangular(L, torch.eye(n, dtype=L.dtype, device=L.device), upper=False).mT
@@ -137,7 +148,8 @@ def _cqrrpt_2d(M, gamma, sketch_nnz, rank_tol, passes, generator):
     else:  # no room to sketch: M itself is the "sketch" (S = I)
         M_sk = M
     sketch_on_host = _copy_to_host(M_sk)
-    G = gram(M)  # speculative (see the module docstring): overlaps the host QRCP on a GPU
+    on_gpu = M.device.type == "cuda"
+    G = gram(M) if on_gpu else None  # speculative on a GPU: overlaps the host QRCP below
     R_sk_np, J_np = _qrcp(sketch_on_host())
     diag = np.abs(np.diagonal(R_sk_np))
     tol = 2.0 * math.sqrt(d) * eps if rank_tol is None else float(rank_tol)
@@ -146,7 +158,9 @@ def _cqrrpt_2d(M, gamma, sketch_nnz, rank_tol, passes, generator):
     J = torch.from_numpy(J_np).to(M.device)
     if k == 0:
         return M.new_zeros((m, 0)), M.new_zeros((0, n)), J
-    direct = _direct(M, G, J) if k == n else None
+    if k == n and G is None:
+        G = gram(M)  # on a CPU nothing overlaps: the Gram only once the rank is known to be full
+    direct = _direct(M, G, J, exact=not on_gpu) if k == n else None
     del G
     if direct is not None:
         Q, R = direct
