@@ -124,10 +124,8 @@ def _direct(M, G, J, exact=False):
     C = Gp * scale[:, None] * scale[None, :]
     radius = (C.abs().sum(1) - C.diagonal().abs()).max()
     L, info = torch.linalg.cholesky_ex(Gp)
-    if not bool(info == 0):
-        return None
-    if not bool((radius <= DIRECT_RADIUS) & torch.isfinite(radius)):
-        if not exact:
+    if not bool((info == 0) & (radius <= DIRECT_RADIUS) & torch.isfinite(radius)):
+        if not exact or not bool(info == 0):
             return None
         eig = torch.linalg.eigvalsh(C)
         if not bool((eig[0] > 0) & (eig[-1] <= (1 + DIRECT_RADIUS) / (1 - DIRECT_RADIUS) * eig[0])):
