@@ -26,7 +26,8 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import ExportGraphSignature, InputKind, InputSpec, TensorArgument
 from torch.utils import _pytree as pytree
 
-from .passes import ExportResolver, apply_plan, find_candidates, format_table, make_plan, parse_options, rows
+from .passes import (ExportResolver, apply_plan, find_candidates, format_table, make_plan, parse_options, rows,
+                     with_plan)
 from .passes.rewrite import fake_mode_of
 
 # Options of the compile backend that mean nothing for an exported program.
@@ -104,13 +105,7 @@ def _rebuild(ep: ExportedProgram, gm: fx.GraphModule, signature, state_dict) -> 
 
 
 def _options(plan, options):
-    if options is not None and not isinstance(options, dict):
-        raise TypeError(f"options must be a dict, got {type(options).__name__}")
-    opts = dict(options or {})
-    if plan is not None:
-        if "plan" in opts:
-            raise ValueError("give the plan either as the plan argument or as options['plan'], not both")
-        opts["plan"] = plan
+    opts = with_plan(options, plan)
     for key, why in _COMPILE_ONLY.items():
         if key in opts:
             raise ValueError(f"option {key!r} does not apply to panther.export: {why}")

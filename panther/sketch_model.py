@@ -19,7 +19,7 @@ from .nn import RandMultiHeadAttention, SKConv2d, SKLinear
 from .nn.attention import make_performer
 from .nn.conv import resolve_padding
 from .passes import Candidate, attention_projection, conv_factors, layer_generator, linear_factors, make_plan, \
-    parse_options
+    parse_options, with_plan
 from .passes.calibration import module_second_moments
 from .plan import Plan
 
@@ -164,12 +164,7 @@ def sketch_model(model: nn.Module, plan=None, *, options: dict | None = None, ca
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    opts = dict(options or {})
-    if plan is not None:
-        if "plan" in opts:
-            raise ValueError("give the plan either as the plan argument or as options['plan'], not both")
-        opts["plan"] = plan
-    opts = parse_options(opts)
+    opts = parse_options(with_plan(options, plan))
     calibration = _calibration(calibration, opts)
     candidates = module_candidates(model)
     if opts.plan is not None:

@@ -46,43 +46,46 @@ def test_cqrrpt_accuracy(dtype, kind, m, n):
     assert torch.allclose(R.tril(-1), torch.zeros_like(R))  # upper trapezoidal
 
 
-@pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize("kind", ["gaussian", "column-scaled"])
-def test_cqrrpt_direct_path(dtype, kind, monkeypatch):
-    # Tall and well conditioned up to column scaling: the Gershgorin certificate lets CQRRPT skip
-    # the preconditioning GEMM. Column scales 1..1e6 make κ(M) = 1e6, but Cholesky QR's rounding
-    # is blind to column scaling, so the contract must hold all the same.
+@pytest.fixture
+def direct_results(monkeypatch):
+    """What each call of cqrrpt's direct path returned (None: refused)."""
     module = sys.modules["panther.linalg.cqrrpt"]
     taken = []
     direct = module._direct
     monkeypatch.setattr(module, "_direct", lambda *a, **k: taken.append(direct(*a, **k)) or taken[-1])
+    return taken
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("kind", ["gaussian", "column-scaled"])
+def test_cqrrpt_direct_path(dtype, kind, direct_results):
+    # Tall and well conditioned up to column scaling: the Gershgorin certificate lets CQRRPT skip
+    # the preconditioning GEMM. Column scales 1..1e6 make κ(M) = 1e6, but Cholesky QR's rounding
+    # is blind to column scaling, so the contract must hold all the same.
     g = torch.Generator().manual_seed(0)
     M = torch.randn(30000, 24, dtype=F64, generator=g)
     if kind == "column-scaled":
         M = torch.linalg.qr(M).Q * torch.logspace(0, -6 if dtype == F64 else -3, 24, dtype=F64)
     M = M.to(dtype)
     Q, R, J = pr.linalg.cqrrpt(M, generator=g)
-    assert taken and taken[-1] is not None and Q.shape == (30000, 24)
+    assert direct_results and direct_results[-1] is not None and Q.shape == (30000, 24)
     Md = M.double()
     assert (Md[:, J] - Q.double() @ R.double()).norm() / Md.norm() <= TOL[dtype]
     assert (Q.double().T @ Q.double() - torch.eye(24, dtype=F64)).norm() <= 10 * TOL[dtype]
     assert torch.equal(R.tril(-1), torch.zeros_like(R))
 
 
-def test_cqrrpt_direct_path_on_cpu_takes_wide_well_conditioned_matrices(monkeypatch):
+def test_cqrrpt_direct_path_on_cpu_takes_wide_well_conditioned_matrices(direct_results):
     # 20000 x 400 Gaussian: Gershgorin's radius (~2) refuses it, the eigenvalues of the
     # column-normalised Gram (kappa ~1.8 <= 3) accept it on a CPU; the contract holds either way.
-    module = sys.modules["panther.linalg.cqrrpt"]
-    taken = []
-    direct = module._direct
-    monkeypatch.setattr(module, "_direct", lambda *a, **k: taken.append(direct(*a, **k)) or taken[-1])
     g = torch.Generator().manual_seed(1)
     M = torch.randn(20000, 400, dtype=F64, generator=g)
     Q, R, J = pr.linalg.cqrrpt(M, generator=g)
-    assert taken and taken[-1] is not None
+    assert direct_results and direct_results[-1] is not None
     assert (M[:, J] - Q @ R).norm() / M.norm() <= TOL[F64]
     assert (Q.T @ Q - torch.eye(400, dtype=F64)).norm() <= 10 * TOL[F64]
-    assert module._direct(M, M.T @ M, J, exact=False) is None  # the bound alone refuses it
+    refused = sys.modules["panther.linalg.cqrrpt"]._direct(M, M.T @ M, J, exact=False)
+    assert refused is None  # the bound alone refuses it
 
 
 def test_cqrrpt_float32_full_rank_gaussian_regression():
@@ -285,14 +288,10 @@ def test_gpu_cqrrpt_contract(dtype, kind):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-def test_gpu_cqrrpt_direct_path(dtype, monkeypatch):
-    module = sys.modules["panther.linalg.cqrrpt"]
-    taken = []
-    direct = module._direct
-    monkeypatch.setattr(module, "_direct", lambda *a, **k: taken.append(direct(*a, **k)) or taken[-1])
+def test_gpu_cqrrpt_direct_path(dtype, direct_results):
     M = torch.randn(400_000, 64, device="cuda", dtype=dtype)
     Q, R, J = pr.linalg.cqrrpt(M)
-    assert taken[-1] is not None and Q.shape == (400_000, 64)
+    assert direct_results[-1] is not None and Q.shape == (400_000, 64)
     Md = M.double()
     assert ((Md[:, J] - Q.double() @ R.double()).norm() / Md.norm()).item() <= TOL[dtype]
     orth = (Q.double().T @ Q.double() - torch.eye(64, dtype=F64, device="cuda")).norm().item()

@@ -55,17 +55,13 @@ import numbers
 import numpy as np
 import torch
 
+from .._validation import float_matrices
 from ..sketch.sparse import sparse_sign
 from .cholqr import cholqr_step, gram
 
 
 def _check(M, gamma, sketch_nnz, passes):
-    if not isinstance(M, torch.Tensor):
-        raise TypeError(f"M must be a torch.Tensor, got {type(M).__name__}")
-    if M.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"M must be float32 or float64, got {M.dtype}")
-    if M.dim() < 2:
-        raise ValueError(f"M must be a tensor [..., m, n] with at least 2 dimensions, got shape {list(M.shape)}")
+    float_matrices(M, "M")
     m, n = M.shape[-2:]
     if n < 1 or m < n:
         raise ValueError(

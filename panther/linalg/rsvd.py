@@ -27,18 +27,13 @@ import numbers
 
 import torch
 
-from .._validation import positive_int
+from .._validation import float_matrices, positive_int
 from ..sketch.sparse import sparse_sign
 from .cholqr import orthonormalize
 
 
 def _check(A, k, tol, oversampling, power_iters, block_size):
-    if not isinstance(A, torch.Tensor):
-        raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
-    if A.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"A must be float32 or float64, got {A.dtype}")
-    if A.dim() < 2:
-        raise ValueError(f"A must be a tensor [..., m, n] with at least 2 dimensions, got shape {list(A.shape)}")
+    float_matrices(A, "A")
     k = positive_int(k, "k")
     if k > min(A.shape[-2:]):
         raise ValueError(f"k must be <= min(m, n) = {min(A.shape[-2:])}, got {k}")

@@ -123,6 +123,18 @@ def _plan(value) -> Plan:
     raise TypeError(f"option 'plan' must be a panther.Plan, a dict or a JSON file path, got {type(value).__name__}")
 
 
+def with_plan(options: dict | None, plan) -> dict:
+    """A copy of the user's options with an API call's ``plan`` argument put under 'plan'."""
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    opts = dict(options or {})
+    if plan is not None:
+        if "plan" in opts:
+            raise ValueError("give the plan either as the plan argument or as options['plan'], not both")
+        opts["plan"] = plan
+    return opts
+
+
 def parse_options(options: dict | None) -> Options:
     """Options from the user's dict; raises on unknown keys, bad values or conflicting plan sources."""
     if options is not None and not isinstance(options, dict):

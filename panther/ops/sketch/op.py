@@ -46,28 +46,32 @@ def _fwht_fake(x):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _setup_sketch(ctx, inputs, output):
-    _, rows, vals, d, dim = inputs
+def setup_sketch(ctx, inputs, output):
+    """Saves what a sparse apply's backward needs: (A, rows, vals, [order, offsets,] d, dim)."""
+    rows, vals, d, dim = inputs[1], inputs[2], inputs[-2], inputs[-1]
     ctx.save_for_backward(rows, vals)
     ctx.d, ctx.dim = d, dim
 
 
-def _apply_backward(ctx, grad):
-    rows, vals = ctx.saved_tensors
-    return _ops.sparse_sketch_apply_t(grad, rows, vals, ctx.d, ctx.dim), None, None, None, None
+def transpose_backward(transpose, num_inputs: int = 5):
+    """The backward of a sparse apply (or of its transpose): the other one applied to grad; the
+    index inputs get no gradient."""
 
+    def backward(ctx, grad):
+        rows, vals = ctx.saved_tensors
+        return (transpose(grad, rows, vals, ctx.d, ctx.dim),) + (None,) * (num_inputs - 1)
 
-def _apply_t_backward(ctx, grad):
-    rows, vals = ctx.saved_tensors
-    return _ops.sparse_sketch_apply(grad, rows, vals, ctx.d, ctx.dim), None, None, None, None
+    return backward
 
 
 def _fwht_backward(ctx, grad):
     return _ops.fwht(grad)
 
 
-torch.library.register_autograd("panther::sparse_sketch_apply", _apply_backward, setup_context=_setup_sketch)
-torch.library.register_autograd("panther::sparse_sketch_apply_t", _apply_t_backward, setup_context=_setup_sketch)
+torch.library.register_autograd("panther::sparse_sketch_apply", transpose_backward(_ops.sparse_sketch_apply_t),
+                                setup_context=setup_sketch)
+torch.library.register_autograd("panther::sparse_sketch_apply_t", transpose_backward(_ops.sparse_sketch_apply),
+                                setup_context=setup_sketch)
 torch.library.register_autograd("panther::fwht", _fwht_backward)
 
 

@@ -39,12 +39,10 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @triton.jit
-def _sparse_scatter_kernel(
-    a_ptr, rows_ptr, vals_ptr, out_ptr,
-    PRE, M, POST, D, S, TILES_I, TILES_Q,
-    BLOCK_P: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_Q: tl.constexpr,
-):
-    # A flat grid (the third grid axis is limited to 65535 on CUDA) over (p, i, q) tiles.
+def _pre_i_post_tile(PRE, M, POST, TILES_I, TILES_Q,
+                     BLOCK_P: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_Q: tl.constexpr):
+    # This program's (p, i, q) tile of a [PRE, M, POST] view, from a flat grid (the third grid
+    # axis is limited to 65535 on CUDA): int64 offsets, the mask of i and the tile's mask.
     pid = tl.program_id(0)
     tq = pid % TILES_Q
     ti = (pid // TILES_Q) % TILES_I
@@ -54,6 +52,16 @@ def _sparse_scatter_kernel(
     offs_q = (tq * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
     mask_i = offs_i < M
     mask = (offs_p < PRE)[:, None, None] & mask_i[None, :, None] & (offs_q < POST)[None, None, :]
+    return offs_p, offs_i, offs_q, mask_i, mask
+
+
+@triton.jit
+def _sparse_scatter_kernel(
+    a_ptr, rows_ptr, vals_ptr, out_ptr,
+    PRE, M, POST, D, S, TILES_I, TILES_Q,
+    BLOCK_P: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    offs_p, offs_i, offs_q, mask_i, mask = _pre_i_post_tile(PRE, M, POST, TILES_I, TILES_Q, BLOCK_P, BLOCK_I, BLOCK_Q)
     a = tl.load(
         a_ptr + offs_p[:, None, None] * (M * POST) + offs_i[None, :, None] * POST + offs_q[None, None, :],
         mask=mask, other=0.0,
@@ -71,15 +79,7 @@ def _sparse_gather_kernel(
     PRE, M, POST, D, S, TILES_I, TILES_Q,
     BLOCK_P: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    tq = pid % TILES_Q
-    ti = (pid // TILES_Q) % TILES_I
-    tp = pid // (TILES_Q * TILES_I)
-    offs_p = (tp * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    offs_i = (ti * BLOCK_I + tl.arange(0, BLOCK_I)).to(tl.int64)
-    offs_q = (tq * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
-    mask_i = offs_i < M
-    mask = (offs_p < PRE)[:, None, None] & mask_i[None, :, None] & (offs_q < POST)[None, None, :]
+    offs_p, offs_i, offs_q, mask_i, mask = _pre_i_post_tile(PRE, M, POST, TILES_I, TILES_Q, BLOCK_P, BLOCK_I, BLOCK_Q)
     acc = tl.zeros((BLOCK_P, BLOCK_I, BLOCK_Q), dtype=tl.float64 if g_ptr.dtype.element_ty == tl.float64 else tl.float32)
     g_base = g_ptr + offs_p[:, None, None] * (D * POST) + offs_q[None, None, :]
     for j in range(S):

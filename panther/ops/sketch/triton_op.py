@@ -20,7 +20,7 @@ import math
 import torch
 
 from . import checks
-from .op import srht_composite, srht_composite_t
+from .op import setup_sketch, srht_composite, srht_composite_t, transpose_backward
 
 from .._triton import triton_available
 
@@ -88,29 +88,10 @@ if triton_available:
 
     srht_apply_triton.register_autograd(_srht_backward, setup_context=_setup_srht)
 
-    def _setup(ctx, inputs, output):
-        _, rows, vals, d, dim = inputs
-        ctx.save_for_backward(rows, vals)
-        ctx.d, ctx.dim = d, dim
-
-    def _apply_backward(ctx, grad):
-        rows, vals = ctx.saved_tensors
-        return sparse_sketch_apply_t_triton(grad, rows, vals, ctx.d, ctx.dim), None, None, None, None
-
-    def _apply_t_backward(ctx, grad):
-        rows, vals = ctx.saved_tensors
-        return sparse_sketch_apply_triton(grad, rows, vals, ctx.d, ctx.dim), None, None, None, None
-
-    def _setup_sorted(ctx, inputs, output):
-        _, rows, vals, _, _, d, dim = inputs
-        ctx.save_for_backward(rows, vals)
-        ctx.d, ctx.dim = d, dim
-
-    def _sorted_backward(ctx, grad):
-        rows, vals = ctx.saved_tensors
-        return sparse_sketch_apply_t_triton(grad, rows, vals, ctx.d, ctx.dim), None, None, None, None, None, None
-
-    sparse_sketch_apply_triton.register_autograd(_apply_backward, setup_context=_setup)
-    sparse_sketch_apply_sorted_triton.register_autograd(_sorted_backward, setup_context=_setup_sorted)
-    sparse_sketch_apply_t_triton.register_autograd(_apply_t_backward, setup_context=_setup)
+    sparse_sketch_apply_triton.register_autograd(transpose_backward(sparse_sketch_apply_t_triton),
+                                                 setup_context=setup_sketch)
+    sparse_sketch_apply_sorted_triton.register_autograd(transpose_backward(sparse_sketch_apply_t_triton, 7),
+                                                        setup_context=setup_sketch)
+    sparse_sketch_apply_t_triton.register_autograd(transpose_backward(sparse_sketch_apply_triton),
+                                                   setup_context=setup_sketch)
     fwht_triton.register_autograd(lambda ctx, grad: fwht_triton(grad))
