@@ -23,7 +23,7 @@ from torch import fx
 
 from .passes import (DynamoResolver, Options, apply_plan, find_candidates, format_table, make_plan, parse_options,
                      rows)
-from .passes.calibration import graph_batches, graph_second_moments, linear_inputs
+from .passes.calibration import graph_batches, graph_second_moments, layer_inputs
 from .plan import Plan
 
 _saved_plans: dict[str, Plan] = {}  # save_plan path -> plan merged over this process's graphs
@@ -65,11 +65,12 @@ def analyse(gm: fx.GraphModule, example_inputs, options: Options):
 
 
 def _second_moments(gm, batches, candidates, plan):
-    """{layer: E[x xᵀ]} for the plan's init="asvd" linears, over runs of ``gm`` on ``batches()``
-    (a function giving full graph input lists, called only then); None when the plan has none."""
-    chosen = [c for c in candidates if c.eligible and c.kind == "linear" and plan.get(c.name) is not None
+    """{layer: second moment} for the plan's init="asvd" linears and convs (E[x xᵀ] of a linear's
+    inputs, E[p pᵀ] of a conv's input patches), over runs of ``gm`` on ``batches()`` (a function
+    giving full graph input lists, called only then); None when the plan has none."""
+    chosen = [c for c in candidates if c.eligible and c.kind in ("linear", "conv2d") and plan.get(c.name) is not None
               and plan.get(c.name).init == "asvd"]
-    return graph_second_moments(gm, batches(), linear_inputs(chosen)) if chosen else None
+    return graph_second_moments(gm, batches(), layer_inputs(chosen)) if chosen else None
 
 
 def _rewrite(gm, example_inputs, options: Options):

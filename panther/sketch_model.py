@@ -87,7 +87,7 @@ def _sketched_linear(cand: Candidate, spec, seed: int, second_moment) -> SKLinea
     return layer
 
 
-def _sketched_conv(cand: Candidate, spec, seed: int) -> SKConv2d:
+def _sketched_conv(cand: Candidate, spec, seed: int, second_moment) -> SKConv2d:
     conv: nn.Conv2d = cand.info["module"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -97,7 +97,7 @@ def _sketched_conv(cand: Candidate, spec, seed: int) -> SKConv2d:
                          padding_mode=conv.padding_mode)
     layer = layer.to_empty(device=conv.weight.device)
     with torch.no_grad():
-        layer._set_factors(conv_factors(conv.weight, spec, conv.groups, cand.name, seed))
+        layer._set_factors(conv_factors(conv.weight, spec, conv.groups, cand.name, seed, second_moment))
         if conv.bias is not None:
             layer.bias.copy_(conv.bias)
     return layer
@@ -118,12 +118,13 @@ def _performer(cand: Candidate, spec, seed: int) -> RandMultiHeadAttention:
 def sketched_layer(cand: Candidate, spec, seed: int = 0, second_moment=None) -> nn.Module:
     """The sketched module for an eligible module candidate under ``spec`` (factors from
     ``panther.passes.linear_factors``/``conv_factors``, as the backend computes them), in the
-    dense module's train/eval mode. ``second_moment``: E[x xᵀ] of the layer's inputs, needed by
-    ``init="asvd"`` (a ValueError names the layer without it)."""
+    dense module's train/eval mode. ``second_moment``: E[x xᵀ] of the layer's inputs (a conv's:
+    E[p pᵀ] of its input patches), needed by ``init="asvd"`` (a ValueError names the layer
+    without it)."""
     if cand.kind == "linear":
         new = _sketched_linear(cand, spec, seed, second_moment)
     elif cand.kind == "conv2d":
-        new = _sketched_conv(cand, spec, seed)
+        new = _sketched_conv(cand, spec, seed, second_moment)
     else:
         new = _performer(cand, spec, seed)
     new.train(cand.info["module"].training)
@@ -154,8 +155,9 @@ def sketch_model(model: nn.Module, plan=None, *, options: dict | None = None, ca
             ``kinds``, ``seed``, ...; see ``panther.passes.options.OPTIONS``).
         calibration: for ``init="asvd"`` entries, a list of input batches (each a tuple of
             positional inputs, a dict of keyword inputs or one tensor); the model runs on them
-            (forward pre-hooks record each sketched linear's inputs) and their second moment
-            E[x xᵀ] calibrates the SVD. ``options["calibration"]`` is the same (tuples only).
+            (forward pre-hooks record each sketched linear's or conv's inputs) and their second
+            moment (E[x xᵀ]; a conv's over its input patches) calibrates the SVD.
+            ``options["calibration"]`` is the same (tuples only).
             An asvd entry without calibration, or whose layer the batches never reach, raises a
             ValueError naming the layer.
 

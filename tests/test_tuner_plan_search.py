@@ -281,10 +281,11 @@ def test_backend_calibration_must_match_the_traced_inputs():
 def test_plan_node_inits_follow_the_kind():
     assert PlanNode("fc", "linear", {}).choices(("svd", "asvd", "sketch")) == ("svd", "asvd", "sketch")
     assert PlanNode("fc", "linear", {}, inits=["svd"]).choices(("svd", "asvd")) == ("svd",)
-    assert PlanNode("conv", "conv2d", {}).choices(("svd", "asvd")) == ("svd",)  # asvd is for linears
+    assert PlanNode("conv", "conv2d", {}).choices(("svd", "asvd")) == ("svd", "asvd")  # patches' statistic
+    assert PlanNode("conv", "conv2d", {}, inits=("sketch", "svd")).choices(("svd", "asvd")) == ("svd",)
     assert PlanNode("attn", "attention", {}).choices(("svd",)) == ("sketch",)  # random features: no init
-    with pytest.raises(ValueError, match="a conv2d node takes"):
-        PlanNode("conv", "conv2d", {}, inits=("asvd",))
+    with pytest.raises(ValueError, match="a attention node takes"):
+        PlanNode("attn", "attention", {}, inits=("asvd",))
     with pytest.raises(ValueError, match="inits must be a non-empty list"):
         search_plan([PlanNode("fc", "linear", {"in_features": 8, "out_features": 8})], lambda p: 0.0,
                      max_error=0.1, inits=())

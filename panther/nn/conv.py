@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .._validation import one_of, positive_int
-from ..factors import conv_sketch_factors, conv_svd_factors
+from ..factors import conv_asvd_factors, conv_sketch_factors, conv_svd_factors
+from ..factors.asvd import check_conv_moment
 from ..ops.conv import same_padding
 from ..ops.conv.checks import PADDING_MODES
 
@@ -173,26 +174,44 @@ class SKConv2d(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, num_terms: int, low_rank: int, init: str = "sketch",
-                  generator: torch.Generator | None = None) -> "SKConv2d":
+                  generator: torch.Generator | None = None, second_moment: torch.Tensor | None = None) -> "SKConv2d":
         """A sketched layer with ``conv``'s geometry, weights and bias.
 
         ``init="sketch"``: random sketches of the weight (unbiased, noisy; train after).
         ``init="svd"``: per group the best rank-2·num_terms·low_rank approximation of the
         kernel (truncated SVD), for pretrained layers that must keep their outputs.
+        ``init="asvd"``: activation-aware SVD, per group the best rank-2Lk kernel on the input
+        patches the layer sees: give ``second_moment`` = E[p pᵀ] [C_in·kh·kw, C_in·kh·kw] over
+        the calibration inputs' patches p (``F.unfold`` with the conv's kernel_size, dilation and
+        stride, after its padding; with groups, per-group blocks [groups, C_in/groups·kh·kw, …]
+        also do). ``panther.sketch_model(..., calibration=...)`` collects it for every layer.
         """
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
-        one_of(init, "init", {"sketch", "svd"})
-        weight = conv.weight.detach()
+        one_of(init, "init", {"sketch", "svd", "asvd"})
+        weight = conv.weight  # not detached (the factor functions run without grad): the whitening cache knows it
+        if init == "asvd":
+            if second_moment is None:
+                n = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+                raise ValueError(f"init='asvd' needs second_moment = E[p pᵀ] [C_in·kh·kw, C_in·kh·kw] = "
+                                 f"[{n}, {n}] of the conv's unfolded calibration input patches")
+            check_conv_moment(weight, second_moment, conv.groups)  # before any work
+        elif second_moment is not None:
+            raise ValueError(f"second_moment is used by init='asvd' only, got init={init!r}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the caller chose the sizes; from_conv is explicit
             layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                         bias=conv.bias is not None, num_terms=num_terms, low_rank=low_rank,
                         dtype=weight.dtype, device=weight.device, dilation=conv.dilation, groups=conv.groups,
                         padding_mode=conv.padding_mode, generator=generator)
-        make = conv_sketch_factors if init == "sketch" else conv_svd_factors
+        L, k, G = layer.num_terms, layer.low_rank, layer.groups
+        if init == "asvd":
+            factors = conv_asvd_factors(weight, L, k, second_moment, G, generator=generator)
+        else:
+            make = conv_sketch_factors if init == "sketch" else conv_svd_factors
+            factors = make(weight, L, k, G, generator=generator)
         with torch.no_grad():
-            layer._set_factors(make(weight, layer.num_terms, layer.low_rank, layer.groups, generator=generator))
+            layer._set_factors(factors)
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias)
         return layer

@@ -15,8 +15,8 @@ import hashlib
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..factors import conv_sketch_factors, conv_svd_factors, sketch_factors, svd_factors
-from ..factors.asvd import asvd_factors
+from ..factors import asvd_factors, conv_asvd_factors, conv_sketch_factors, conv_svd_factors, sketch_factors, \
+    svd_factors
 from ..ops.attention import orthogonal_random_features
 from ..plan import SketchSpec
 
@@ -77,17 +77,26 @@ def linear_factors(weight: torch.Tensor, spec: SketchSpec, name: str, seed: int,
     return _cached(owner if owner is not None else weight, ("linear", spec, name, seed, moment_key), compute)
 
 
-def conv_factors(weight: torch.Tensor, spec: SketchSpec, groups: int, name: str, seed: int):
-    """SKConv2d's (S1s, U1s) for a conv ``weight`` [C_out, C_in/G, kh, kw] under ``spec``."""
-    if spec.init == "asvd":
-        raise ValueError(f"layer {name!r}: init='asvd' is implemented for linear layers only; use 'svd'")
+def conv_factors(weight: torch.Tensor, spec: SketchSpec, groups: int, name: str, seed: int, second_moment=None):
+    """SKConv2d's (S1s, U1s) for a conv ``weight`` [C_out, C_in/G, kh, kw] under ``spec``.
 
+    ``second_moment``: E[p pᵀ] of the conv's input patches (per group), used (and required)
+    by ``init="asvd"``.
+    """
     def compute():
         gen = layer_generator(seed, name, weight.device)
+        L, k = spec.num_terms, spec.low_rank
+        if spec.init == "asvd":
+            if second_moment is None:
+                raise ValueError(f"layer {name!r}: init='asvd' needs calibration inputs (their patches' second "
+                                 "moment)")
+            # not detached: the whitening cache knows the weight itself (the tuner asks at many ranks)
+            return conv_asvd_factors(weight, L, k, second_moment, groups, generator=gen)
         make = conv_sketch_factors if spec.init == "sketch" else conv_svd_factors
-        return make(weight.detach(), spec.num_terms, spec.low_rank, groups, generator=gen)
+        return make(weight, L, k, groups, generator=gen)
 
-    return _cached(weight, ("conv2d", spec, groups, name, seed), compute)
+    moment_key = _values_key(second_moment) if spec.init == "asvd" else None
+    return _cached(weight, ("conv2d", spec, groups, name, seed, moment_key), compute)
 
 
 def attention_projection(spec: SketchSpec, head_dim: int, name: str, seed: int, *, device, dtype):

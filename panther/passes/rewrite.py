@@ -118,7 +118,8 @@ def apply_plan(gm: fx.GraphModule, candidates: list[Candidate], plan: Plan, *, s
     """Rewrites the eligible candidates the plan sketches; returns those rewritten.
 
     Nodes the plan keeps dense, ineligible nodes and every other node stay as they were.
-    ``second_moments``: {layer name: E[x xᵀ]} for ``init="asvd"`` entries.
+    ``second_moments``: {layer name: E[x xᵀ] (a conv's: of its input patches)} for ``init="asvd"``
+    entries.
     """
     chosen = [c for c in candidates if c.eligible and plan.get(c.name) is not None]
     if not chosen:
@@ -136,7 +137,8 @@ def apply_plan(gm: fx.GraphModule, candidates: list[Candidate], plan: Plan, *, s
             if cand.kind == "linear":
                 prepared[cand.node] = _linear_factor_pair(cand, spec, seed, second_moments)
             elif cand.kind == "conv2d":
-                prepared[cand.node] = conv_factors(cand.weight, spec, cand.info["groups"], cand.name, seed)
+                prepared[cand.node] = conv_factors(cand.weight, spec, cand.info["groups"], cand.name, seed,
+                                                   (second_moments or {}).get(cand.name))
             else:
                 q = value_of(cand.node.args[0] if cand.node.args else cand.node.kwargs["query"])
                 prepared[cand.node] = attention_projection(spec, cand.info["head_dim"], cand.name, seed,

@@ -4,11 +4,12 @@ Registered with ``panther.passes.register_tuner`` when ``panther.tuner`` is impo
 each graph the backend hands over its candidate nodes; every candidate plan is applied to a
 copy of the graph (``panther.passes.apply_plan``) and run on the calibration inputs (option
 ``calibration``, else the compile's example inputs), and its output error against the dense
-graph drives :func:`search_plan`. Linear nodes may take ``init="asvd"``: their factors come
-from the second moment of their inputs over the calibration batches — the statistic the
-backend computes again (same batches, same numbers) when it applies the chosen plan. With
-``storage``, a finished search is reused only for the same graph, options, weights and
-calibration data (``weights_fingerprint``); its sensitivity results serve any budget.
+graph drives :func:`search_plan`. Linear and conv2d nodes may take ``init="asvd"``: their
+factors come from the second moment of their inputs (a conv's: of its input patches) over the
+calibration batches — the statistic the backend computes again (same batches, same numbers)
+when it applies the chosen plan. With ``storage``, a finished search is reused only for the
+same graph, options, weights and calibration data (``weights_fingerprint``); its sensitivity
+results serve any budget.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import torch
 from torch import fx
 
-from ..passes.calibration import graph_batches, graph_second_moments, linear_inputs, well_calibrated
+from ..passes.calibration import graph_batches, graph_second_moments, layer_inputs, moment_size, well_calibrated
 from ..passes.candidates import value_of
 from ..passes.options import input_batches
 from ..passes.planning import _hint
@@ -41,7 +42,7 @@ OPTION_KEYS = {
                  "graph's device)",
     "holdout": "tune: list of input tuples (the model's own tensor inputs, in order), used to confirm the plan",
     "tune_inits": "tune: inits to consider per node, from 'svd', 'asvd', 'sketch' (default ['svd', 'asvd']; "
-                  "asvd only for linear nodes, calibrated on the calibration inputs)",
+                  "asvd for linear and conv2d nodes, calibrated on the calibration inputs)",
     "tune_verbose": "tune: print the search summary table",
     "tune_progress": "tune: show a progress bar over the search's evaluations (default True; False silences it)",
 }
@@ -134,33 +135,38 @@ def _shape(node) -> tuple:
 
 
 def _rows(cand) -> int:
-    """Rows (leading elements) of a linear candidate's input at the traced shape."""
+    """Rows per call at the traced shape: a linear's input rows (leading elements), a conv's
+    input patches (its output pixels)."""
+    if cand.kind == "conv2d":
+        out = _shape(cand.node)
+        return out[0] * out[2] * out[3]
     return math.prod(_shape(cand.info["input"])[:-1])
 
 
 def _node_of(cand, moments: dict) -> PlanNode:
-    """The search's view of a candidate: its sizes at the traced shapes; a linear takes
-    init="asvd" only with calibration activations (see :func:`_asvd_ready`)."""
+    """The search's view of a candidate: its sizes at the traced shapes; a linear or conv2d
+    takes init="asvd" only with calibration activations (see :func:`_asvd_ready`)."""
     i = cand.info
+    inits = None if cand.name in moments else ("sketch", "svd")
     if cand.kind == "linear":
         sizes = {"in_features": i["in_features"], "out_features": i["out_features"], "rows": _rows(cand)}
-        return PlanNode(cand.name, "linear", sizes, inits=None if cand.name in moments else ("sketch", "svd"))
+        return PlanNode(cand.name, "linear", sizes, inits=inits)
     if cand.kind == "conv2d":
-        out = _shape(cand.node)
         sizes = {k: i[k] for k in ("in_channels", "out_channels", "kernel_size", "groups", "stride", "padding",
                                    "dilation")}
-        return PlanNode(cand.name, "conv2d", {**sizes, "input_shape": _shape(i["input"]),
-                                              "pixels": out[0] * out[2] * out[3]})
+        return PlanNode(cand.name, "conv2d", {**sizes, "input_shape": _shape(i["input"]), "pixels": _rows(cand)},
+                        inits=inits)
     return PlanNode(cand.name, "attention", {"head_dim": i["head_dim"], "q_len": _hint(i["q_len"]),
                                              "k_len": _hint(i["k_len"]), "heads": _hint(i["heads"]),
                                              "batch": _shape(cand.node)[0], "causal": bool(i["causal"])})
 
 
 def _asvd_ready(eligible, n_batches: int) -> list:
-    """The linear candidates whose calibration inputs can choose init="asvd": at least as many
-    rows over the batches as input features (``well_calibrated``); only theirs are collected."""
-    return [c for c in eligible if c.kind == "linear" and well_calibrated(_rows(c) * n_batches,
-                                                                          c.info["in_features"])]
+    """The linear and conv2d candidates whose calibration inputs can choose init="asvd": at
+    least as many rows (a conv's: input patches) over the batches as the second moment has
+    features (``well_calibrated``, ``moment_size``); only theirs are collected."""
+    return [c for c in eligible if c.kind in ("linear", "conv2d")
+            and well_calibrated(_rows(c) * n_batches, moment_size(c.kind, c.info))]
 
 
 def _plan_runner(gm, eligible, example_inputs, seed: int, moments: dict):
@@ -202,7 +208,7 @@ def tune_graph(candidates, example_inputs, options) -> Plan:
     holdout = graph_batches(gm, example_inputs, extra["holdout"], "holdout") if extra.get("holdout") else []
     inits = extra.get("tune_inits", DEFAULT_INITS)
     ready = _asvd_ready(eligible, len(batches)) if "asvd" in inits else []
-    moments = graph_second_moments(gm, batches, linear_inputs(ready)) if ready else {}
+    moments = graph_second_moments(gm, batches, layer_inputs(ready)) if ready else {}
     run = _plan_runner(gm, eligible, example_inputs, options.seed, moments)
     result = search_plan([_node_of(c, moments) for c in eligible], _error_on(run, gm, batches),
                          max_error=extra.get("max_error", 0.01), trials=extra.get("trials", 30),

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..nn.conv import resolve_padding
-from ..passes.calibration import call_model, module_second_moments, well_calibrated
+from ..passes.calibration import call_model, module_second_moments, moment_size, well_calibrated
 from ..plan import Plan
 from ..sketch_model import module_candidate, sketched_layer
 from .costs import LatencyCost
@@ -60,12 +60,13 @@ def apply_plan(model: nn.Module, plan: Plan, originals: dict | None = None, *, s
 
 def _record_shapes(modules: dict, shapes: dict) -> list:
     """Forward hooks storing in ``shapes`` each module's (input shape, output shape) of its last
-    call and the rows (leading elements) of its inputs over all calls."""
+    call and the rows of its inputs over all calls: a linear's leading elements, a conv's
+    input patches (output pixels)."""
     def hook(name):
         def record(module, args, out):
-            x = tuple(args[0].shape)
-            total = shapes.get(name, (None, None, 0))[2]
-            shapes[name] = (x, tuple(out.shape), total + math.prod(x[:-1]))
+            x, y = tuple(args[0].shape), tuple(out.shape)
+            rows = math.prod(y) // y[-3] if layer_kind(module) == "conv2d" else math.prod(x[:-1])
+            shapes[name] = (x, y, shapes.get(name, (None, None, 0))[2] + rows)
         return record
 
     return [m.register_forward_hook(hook(n)) for n, m in modules.items()]
@@ -75,10 +76,11 @@ def _module_node(name: str, module: nn.Module, shapes, has_moment: bool) -> Plan
     """The search's view of a Linear/Conv2d: sizes at the shapes of its calibration calls (a layer
     the batches never reach counts one row/pixel); "asvd" only with its inputs' second moment."""
     x, y, _ = shapes if shapes is not None else (None, None, 0)
+    inits = None if has_moment else ("sketch", "svd")
     if layer_kind(module) == "linear":
         sizes = {"in_features": module.in_features, "out_features": module.out_features,
                  "rows": math.prod(x[:-1]) if x else 1}
-        return PlanNode(name, "linear", sizes, inits=None if has_moment else ("sketch", "svd"))
+        return PlanNode(name, "linear", sizes, inits=inits)
     sizes = {"in_channels": module.in_channels, "out_channels": module.out_channels,
              "kernel_size": module.kernel_size, "groups": module.groups, "stride": module.stride,
              "dilation": module.dilation,
@@ -87,7 +89,7 @@ def _module_node(name: str, module: nn.Module, shapes, has_moment: bool) -> Plan
         batched = len(x) == 4
         sizes["input_shape"] = x if batched else (1, *x)
         sizes["pixels"] = (y[0] if batched else 1) * y[-1] * y[-2]
-    return PlanNode(name, "conv2d", sizes)
+    return PlanNode(name, "conv2d", sizes, inits=inits)
 
 
 def _batch_tensors(batch) -> list:
@@ -112,13 +114,14 @@ def tune_module(model: nn.Module, calibration, *, max_error: float, holdout=None
     ``calibration``/``holdout``: lists of batches (a tensor, a tuple of positional inputs or a
     dict of keyword inputs). Error: relative Frobenius error of ``output_fn(model(batch))``
     against the dense model over the batches. ``inits``: as for :func:`search_plan`; "asvd"
-    factors come from each linear's inputs over the calibration batches (offered only to layers
-    with at least as many calibration rows as input features). Other arguments go to
-    :func:`search_plan` (``seed`` also seeds the factors; ``cost="latency"`` times the ops on
-    the model's device and dtype; ``fingerprint`` defaults to a digest of the layers' weights,
-    the batches and ``output_fn``'s name, so a study in ``storage`` is reused only for those). The model is left dense; apply the
-    result with ``panther.sketch_model(model, result.plan, calibration=calibration,
-    options={"seed": seed})`` (or :func:`apply_plan`).
+    factors come from each layer's inputs over the calibration batches (a conv's input patches;
+    offered only to layers with at least as many calibration rows, or patches, as the second
+    moment has features: ``moment_size``). Other arguments go to :func:`search_plan` (``seed``
+    also seeds the factors; ``cost="latency"`` times the ops on the model's device and dtype;
+    ``fingerprint`` defaults to a digest of the layers' weights, the batches and
+    ``output_fn``'s name, so a study in ``storage`` is reused only for those). The model is
+    left dense; apply the result with ``panther.sketch_model(model, result.plan,
+    calibration=calibration, options={"seed": seed})`` (or :func:`apply_plan`).
     """
     if not isinstance(calibration, (list, tuple)) or not calibration:
         raise ValueError("calibration must be a non-empty list of batches")
@@ -141,8 +144,8 @@ def tune_module(model: nn.Module, calibration, *, max_error: float, holdout=None
             h.remove()
     held_refs = [output_fn(call_model(model, b)) for b in holdout] if holdout else None
     # asvd only where the calibration rows can choose it (``well_calibrated``): only their moments are collected
-    ready = {n: m for n, m in originals.items() if layer_kind(m) == "linear" and n in shapes
-             and well_calibrated(shapes[n][2], m.in_features)}
+    ready = {n: m for n, m in originals.items() if n in shapes
+             and well_calibrated(shapes[n][2], moment_size(layer_kind(m), module_candidate(n, m).info))}
     moments = module_second_moments(model, ready, calibration, strict=False) if "asvd" in inits and ready else {}
     nodes = [_module_node(n, m, shapes.get(n), n in moments) for n, m in originals.items()]
 

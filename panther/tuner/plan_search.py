@@ -17,8 +17,8 @@ Method:
 1. Grid per node: rank k (L = 1: the two-GEMM form costs the same for every L with equal
    2Lk, and truncated SVD/ASVD depend only on 2Lk) on powers of two from 4 up, only where
    the sketched cost is below dense (only configurations that can win), times the inits the
-   node can take (:meth:`PlanNode.choices`: "asvd" only for linear nodes whose calibration
-   activations are known; attention takes random features, no init).
+   node can take (:meth:`PlanNode.choices`: "asvd" only for linear and conv2d nodes whose
+   calibration activations are known; attention takes random features, no init).
 2. Sensitivity: the error of sketching each node alone, from the largest k downwards until
    it exceeds the budget (smaller k only get worse). Options over budget on their own are
    dropped; each k keeps its better init.
@@ -46,9 +46,9 @@ from .progress import progress_bar
 from .storage import finished_trials, resolve_storage
 
 KINDS = ("linear", "conv2d", "attention")
-# inits each kind can take: ASVD needs a linear layer's input statistics; random features
-# (attention) have no init to choose
-KIND_INITS = {"linear": ("sketch", "svd", "asvd"), "conv2d": ("sketch", "svd"), "attention": ("sketch",)}
+# inits each kind can take: ASVD needs a layer's input statistics (a conv's: of its input
+# patches); random features (attention) have no init to choose
+KIND_INITS = {"linear": ("sketch", "svd", "asvd"), "conv2d": ("sketch", "svd", "asvd"), "attention": ("sketch",)}
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class PlanNode:
     "stride", "padding" (left, right, top, bottom), "dilation"}; attention {"head_dim", "q_len",
     "k_len", "heads", "batch", "causal"}. ``rows``/``pixels``/``batch`` (per call) scale costs.
     ``inits``: the inits this node can take (None: all its kind can, see ``KIND_INITS``); a
-    linear without calibration activations leaves out "asvd".
+    linear or conv2d node without calibration activations leaves out "asvd".
     """
 
     name: str
