@@ -219,3 +219,36 @@ def test_mask_broadcast_over_the_batch_with_dynamic_shapes():
         torch.testing.assert_close(out, favor_reference(model, x, keep, False, att.name), rtol=1e-5, atol=1e-6)
     assert len(cap.graphs) == 1
     assert torch.ops.aten.expand.default in targets_of(cap.graphs[0])
+
+
+def test_hf_gpt2_causal_padding_mask_becomes_causal_favor_with_key_padding(monkeypatch):
+    """transformers' causal mask AND padding (left and right) is proved exactly: causal=True."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=64, n_layer=2, n_head=2, n_positions=64,
+                                  attn_implementation="sdpa", bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2Model(cfg).eval()
+    ids = torch.randint(0, 64, (2, 32))
+    mask = torch.ones(2, 32, dtype=torch.long)
+    mask[1, 24:] = 0
+    mask[0, :3] = 0
+    opts = {"num_terms": 1, "low_rank": 8, "kinds": ["attention"], "seed": 5}
+    cap = Capture(opts)
+    with torch.no_grad():
+        out = torch.compile(model, backend=cap, fullgraph=True)(ids, attention_mask=mask).last_hidden_state
+    atts = [c for c in cap.candidates[0] if c.kind == "attention"]
+    assert [(c.eligible, c.info["causal"]) for c in atts] == [(True, True)] * 2, [c.reason for c in atts]
+    calls = []
+
+    def favor_sdpa(q, k, v, attn_mask=None, **kwargs):
+        name = f"h.{len(calls)}.attn"
+        calls.append(name)
+        P = pr.passes.attention_projection(pr.SketchSpec(1, 8), q.shape[-1], name, 5, device="cpu", dtype=q.dtype)
+        a = torch.ops.panther.favor_attention(q, k, v, P, "softmax", True, mask == 0, 0)
+        return torch.where((mask.cumsum(-1) > 0)[:, None, :, None], a, 0.0)  # left padding sees no key
+
+    with torch.no_grad(), monkeypatch.context() as patch:
+        patch.setattr(F, "scaled_dot_product_attention", favor_sdpa)
+        ref = model(ids, attention_mask=mask).last_hidden_state
+    assert calls == ["h.0.attn", "h.1.attn"] and torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
