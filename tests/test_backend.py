@@ -260,3 +260,62 @@ def test_hf_bert_all_dense_equals_inductor():
         torch.compiler.reset()
         ref = torch.compile(model, backend="inductor", fullgraph=True)(ids).last_hidden_state
     assert torch.equal(out, ref)
+
+
+def _padded_bert_inputs():
+    """A BERT too long for the scores to beat 8 features per head (32 tokens), with padding."""
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=128, max_position_embeddings=64, attn_implementation="sdpa")
+    model = transformers.BertModel(cfg).eval()
+    ids = torch.randint(0, 64, (2, 32))
+    mask = torch.ones(2, 32, dtype=torch.long)
+    mask[1, 20:] = 0
+    return model, ids, mask
+
+
+def test_hf_bert_padding_mask_is_rewritten_into_favor_with_its_key_padding(monkeypatch):
+    torch.manual_seed(0)
+    model, ids, mask = _padded_bert_inputs()
+    opts = {"num_terms": 1, "low_rank": 8, "kinds": ["attention"], "seed": 5}
+    graphs = []
+
+    def keeping(gm, example_inputs):
+        compiled_fn = panther_backend(gm, example_inputs, options=opts)
+        graphs.append(gm)  # rewritten in place
+        return compiled_fn
+
+    with torch.no_grad():
+        fn = torch.compile(model, backend=keeping, fullgraph=True)
+        out = fn(ids, attention_mask=mask).last_hidden_state
+    (gm,) = graphs
+    favor = [n for n in gm.graph.nodes if n.target is torch.ops.panther.favor_attention.default]
+    assert len(favor) == 2 and all(n.args[6] is not None for n in favor)  # a key_padding_mask each
+    assert not any(n.target is F.scaled_dot_product_attention for n in gm.graph.nodes)
+
+    # HF BERT has no nn.MultiheadAttention for sketch_model to swap: the reference is the eager
+    # model with its SDPA calls replaced by the FAVOR+ op, same features, the mask from the input
+    calls = []
+
+    def favor_sdpa(q, k, v, attn_mask=None, **kwargs):
+        name = f"encoder.layer.{len(calls)}.attention.self"
+        calls.append(name)
+        P = pr.passes.attention_projection(pr.SketchSpec(1, 8), q.shape[-1], name, 5, device="cpu", dtype=q.dtype)
+        return torch.ops.panther.favor_attention(q, k, v, P, "softmax", False, mask == 0, 0)
+
+    with torch.no_grad(), monkeypatch.context() as patch:
+        patch.setattr(F, "scaled_dot_product_attention", favor_sdpa)
+        ref = model(ids, attention_mask=mask).last_hidden_state
+    assert calls == ["encoder.layer.0.attention.self", "encoder.layer.1.attention.self"]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+    # padded tokens do not reach the others; with an all-ones mask they do (the check has teeth)
+    other = ids.clone()
+    other[1, 20:] = (other[1, 20:] + 1) % 64
+    kept = mask.bool()
+    with torch.no_grad():
+        torch.testing.assert_close(fn(other, attention_mask=mask).last_hidden_state[kept], out[kept],
+                                   rtol=1e-5, atol=1e-5)
+        ones = torch.ones_like(mask)
+        moved = fn(other, attention_mask=ones).last_hidden_state - fn(ids, attention_mask=ones).last_hidden_state
+    assert moved[1, :20].abs().max() > 1e-3
+    assert len(graphs) == 1  # new mask values, same compiled graph

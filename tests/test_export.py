@@ -168,6 +168,30 @@ def test_hf_bert_from_config_export_equals_compiled():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+
+def test_hf_bert_padding_mask_export_rewrites_attention_like_compiled():
+    """The aten-level mask graph (aten.index, __and__, expand, ...) is proved the same way."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=128, max_position_embeddings=64, attn_implementation="sdpa")
+    model = transformers.BertModel(cfg).eval()
+    ids = torch.randint(0, 64, (2, 32))  # 32 tokens: 8 features per head cost less than the scores
+    mask = torch.ones(2, 32, dtype=torch.long)
+    mask[1, 20:] = 0
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 5, "kinds": ["attention"]}
+    ep = pr.export(model, (ids,), {"attention_mask": mask}, options=opts)
+    favor = [n for n in ep.graph.nodes if n.target is panther_ops.favor_attention.default]
+    assert len(favor) == 2 and all(n.args[6] is not None for n in favor)
+    assert torch.ops.aten.scaled_dot_product_attention.default not in targets(ep)
+    with torch.no_grad():
+        out = ep.module()(ids, attention_mask=mask).last_hidden_state
+    torch.compiler.reset()
+    with torch.no_grad():
+        ref = torch.compile(model, backend=panther_backend, options=opts, fullgraph=True)(
+            ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
 def test_dynamic_batch_dimension():
     torch.manual_seed(0)
     model = MLP().eval()

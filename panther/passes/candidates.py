@@ -12,9 +12,14 @@ Eligibility (anything else is reported and left exactly as it was):
   "valid" padding (padding modes other than zeros reach the graph as an explicit pad,
   so the conv node itself always pads with zeros).
 * **attention** — ``F.scaled_dot_product_attention`` with 4-D q, k, v [B, H, N, D] of equal
-  head counts, no ``attn_mask`` (a mask tensor's pattern is unknown when compiling; masks
-  FAVOR+ cannot apply would be silently wrong), ``dropout_p=0``, the default scale
-  1/√D, no GQA, and equal N and S when causal.
+  head counts, ``dropout_p=0``, the default scale 1/√D, no GQA, and equal N and S when
+  causal. An ``attn_mask`` is accepted only when the graph that builds it proves it a
+  key-padding mask (``masks.py``): its value at [b, h, n, s] depends on (b, s) alone — as
+  Hugging Face's masks built from a [B, S] ``attention_mask`` do — optionally AND-ed with the
+  exact causal triangle (N = S), and it is bool, or additive with values provably 0 or
+  ≤ -1e4 (built from a bool tensor by a known formula). Masks varying along the query or
+  head axis, and float masks whose values come from data, stay dense: FAVOR+ cannot apply
+  them, and guessing would be silently wrong.
 * **panther** — our own ops already in the graph (SKLinear, SKConv2d, ...): reported, kept.
 
 Whether sketching *pays* for an eligible node (a rank small enough to save work) is the
@@ -30,7 +35,7 @@ import torch
 from torch import fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from . import targets
+from . import masks, targets
 from .naming import ParamResolver, enclosing_module, layer_name
 
 KINDS = ("linear", "conv2d", "attention")
@@ -171,16 +176,24 @@ def _attention(node, args, holder) -> Candidate:
     cand.info = {"heads": q.shape[1], "q_len": q.shape[2], "k_len": k.shape[2], "head_dim": D,
                  "causal": args["is_causal"]}
     _require(isinstance(D, int), "head dim is not static")
-    _require(args["attn_mask"] is None, "attn_mask given (FAVOR+ applies only padding/causal masks, "
-                                        "and a mask tensor's pattern is unknown when compiling)")
     _require(args["dropout_p"] == 0, "dropout_p is not 0")
-    _require(args["scale"] is None or math.isclose(args["scale"], D ** -0.5, rel_tol=1e-6), "scale is not 1/sqrt(D)")
+    scale = args["scale"]
+    _require(scale is None or (isinstance(scale, (int, float)) and math.isclose(scale, D ** -0.5, rel_tol=1e-6)),
+             "scale is not 1/sqrt(D)")
     _require(not args["enable_gqa"], "enable_gqa (grouped-query attention)")
     _require(isinstance(args["is_causal"], bool), "is_causal is not a constant bool")
     _require(_same(q.shape[1], k.shape[1]) and _same(k.shape[1], v.shape[1]), "q, k, v head counts differ")
     _require(_same(k.shape[-1], D) and _same(k.shape[2], v.shape[2]), "q/k head dims or k/v lengths differ")
     _require(q.dtype == k.dtype == v.dtype and q.is_floating_point(), "q, k, v dtypes differ")
     _require(not args["is_causal"] or _same(q.shape[2], k.shape[2]), "causal with N != S")
+    if args["attn_mask"] is not None:
+        _require(not args["is_causal"], "attn_mask given with is_causal=True")
+        try:
+            padding = masks.key_padding(args["attn_mask"], q, k)
+        except masks.Unproven as why:
+            raise _Ineligible(f"attn_mask {why}") from None
+        cand.info["key_padding"] = padding
+        cand.info["causal"] = padding.causal
     return cand
 
 

@@ -4,8 +4,10 @@
   factor matrices of SKLinear (A [in, 2Lk], B [2Lk, out], the 1/(2L) folded into B):
   inference needs no separate S/U tensors, and two GEMMs are the whole cost.
 * conv2d -> ``panther.sketched_conv2d(x, S1s, U1s, bias, ...)`` (SKConv2d's op).
-* attention -> ``panther.favor_attention(q, k, v, features, "softmax", causal)``
-  (RandMultiHeadAttention's op; the Triton one on CUDA).
+* attention -> ``panther.favor_attention(q, k, v, features, "softmax", causal, key_padding_mask)``
+  (RandMultiHeadAttention's op; the Triton one on CUDA); a proved key-padding ``attn_mask``
+  becomes the [B, S] ``key_padding_mask`` (``masks.py``), and queries that see no key get 0,
+  as from SDPA.
 * linears that read the same input and are all sketched -> one shared ``x @ [A_1 .. A_n]``,
   then a slice and ``linear`` per consumer (``fusion.py`` finds the groups).
 
@@ -27,6 +29,7 @@ from ..plan import Plan
 from .candidates import Candidate, value_of
 from .factors import attention_projection, conv_factors, linear_factors, lowrank_pair
 from .fusion import shared_input_groups
+from .masks import emit_empty_rows_zero, emit_key_padding
 
 aten = torch.ops.aten
 panther = torch.ops.panther
@@ -93,8 +96,8 @@ class _Emitter:
         for key in ("nn_module_stack", "stack_trace"):
             if key in like.meta:
                 node.meta[key] = like.meta[key]
-        if self.fake_mode is not None:
-            fake_args = [value_of(a) if isinstance(a, fx.Node) else a for a in args]
+        if self.fake_mode is not None:  # nested too: an expand's sizes may be SymInt nodes
+            fake_args = fx.node.map_arg(tuple(args), lambda a: a.meta.get("example_value", a.meta.get("val")))
             with self.fake_mode:
                 node.meta[self.meta_key] = target(*fake_args)
         return node
@@ -200,7 +203,13 @@ def _rewrite_attention(emit, cand, projection):
     q, k, v = (node.args[i] if i < len(node.args) else node.kwargs[n] for i, n in enumerate(names))
     p = emit.installer.node(f"{cand.name}.features", projection, node)
     op = favor_op(projection.device)
-    return emit.call(op, (q, k, v, p, "softmax", bool(cand.info["causal"]), None, 0), node)
+    causal = bool(cand.info["causal"])
+    padding = cand.info.get("key_padding")
+    if padding is None:
+        return emit.call(op, (q, k, v, p, "softmax", causal, None, 0), node)
+    mask = emit_key_padding(emit, padding, k, node)
+    out = emit.call(op, (q, k, v, p, "softmax", causal, mask, 0), node)
+    return emit_empty_rows_zero(emit, out, mask, causal, node)
 
 
 _REWRITERS = {"linear": _rewrite_linear, "conv2d": _rewrite_conv, "attention": _rewrite_attention}
