@@ -107,6 +107,16 @@ def test_cqrrpt_pivots_reveal_rank():
     assert torch.linalg.matrix_rank(M[:, J[:5]]) == 5
 
 
+def test_cqrrpt_leaves_its_input_unchanged():
+    # Too few rows to sketch (d = ceil(1.25 n) >= m): M itself is factored on the host, and a
+    # column-major M is what LAPACK would factor in place.
+    M = torch.randn(4, 5, dtype=F64).mT
+    before = M.clone()
+    Q, R, J = pr.linalg.cqrrpt(M)
+    assert torch.equal(M, before)
+    torch.testing.assert_close(Q @ R, M[:, J], rtol=0, atol=1e-12)
+
+
 def test_cqrrpt_seeding_and_zero():
     M = torch.randn(300, 20, dtype=F64)
     a = pr.linalg.cqrrpt(M, generator=torch.Generator().manual_seed(3))
