@@ -236,17 +236,20 @@ def test_triton_sparse_kernels(dtype, shape, dim):
     torch.testing.assert_close(tk.sparse_gather(G, rows, vals, 24, dim).double(), back, rtol=tol, atol=tol)
 
 
-def test_bucket_order():
-    S = pr.sketch.sparse_sign(24, 300, nnz=3, generator=torch.Generator().manual_seed(1))
-    order, offsets = _sk.bucket_order(S.rows, 24)
-    assert order.dtype == torch.int32 and offsets.dtype == torch.int64 and offsets.shape == (25,)
+@pytest.mark.parametrize("d", [24, 40000])  # int16 sort keys; int32 keys and mostly empty buckets
+def test_bucket_order(d):
+    S = pr.sketch.sparse_sign(d, 300, nnz=3, generator=torch.Generator().manual_seed(1))
+    order, offsets = _sk.bucket_order(S.rows, d)
+    assert order.dtype == torch.int32 and offsets.dtype == torch.int64 and offsets.shape == (d + 1,)
     flat = S.rows.reshape(-1)
     assert offsets[0] == 0 and offsets[-1] == flat.numel()
-    for r in range(24):
-        seg = order[offsets[r]:offsets[r + 1]].long()
-        assert (flat[seg] == r).all()  # the bucket holds exactly the non-zeros of output row r
-        assert (seg[1:] > seg[:-1]).all()  # ascending input rows (the L2 sweep relies on it)
-    assert int((offsets[1:] - offsets[:-1]).sum()) == flat.numel()
+    sizes = offsets[1:] - offsets[:-1]
+    assert torch.equal(sizes, torch.bincount(flat, minlength=d))
+    # bucket r holds exactly the non-zeros of output row r, in ascending input rows (the L2 sweep relies on it)
+    bucket = torch.repeat_interleave(torch.arange(d), sizes)
+    assert torch.equal(flat[order.long()], bucket)
+    same = bucket[1:] == bucket[:-1]
+    assert (order[1:][same] > order[:-1][same]).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64, torch.float16])

@@ -24,12 +24,15 @@ _ops = torch.ops.panther
 def bucket_order(rows, d: int):
     """The non-zeros of S [d, m] (rows [m, s]) bucket-sorted by output row: ``order`` (flat
     indices into rows/vals, ascending input row within each bucket: a stable sort; int32 when
-    it fits) and ``offsets`` [d + 1] (bucket r is order[offsets[r]:offsets[r + 1]])."""
+    it fits) and ``offsets`` [d + 1] (bucket r is order[offsets[r]:offsets[r + 1]]).
+
+    The keys are sorted in the narrowest integer type that holds d (a radix sort makes one pass
+    per key byte: 2 for int16 instead of 8 for int64), and the offsets are found in the sorted
+    keys on the device (bincount would wait for the device to size its output)."""
     flat = rows.reshape(-1)
-    _, order = torch.sort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=d)
-    offsets = torch.zeros(d + 1, dtype=torch.int64, device=rows.device)
-    torch.cumsum(counts, 0, out=offsets[1:])
+    key_dtype = torch.int16 if d <= torch.iinfo(torch.int16).max else torch.int32 if d < 2**31 else torch.int64
+    keys, order = torch.sort(flat.to(key_dtype), stable=True)
+    offsets = torch.searchsorted(keys, torch.arange(d + 1, dtype=key_dtype, device=rows.device))
     return (order.to(torch.int32) if flat.numel() < 2**31 else order), offsets
 
 
