@@ -109,6 +109,27 @@ def test_triton_backward_causal_stabiliser_large_early_key_norms(masked):
         assert_grads_close(got, want, 2e-4, f"{segments} segments:")
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide")  # the forward's 0/0
+@pytest.mark.parametrize("kernel_fn", ["softmax", "relu"])
+def test_triton_backward_queries_that_see_no_key(kernel_fn):
+    """Causal with the first three keys masked: the first three outputs are 0/0 (NaN, as in the
+    C++ op); their gradient rows are 0 and nothing else is touched: the other rows are the
+    gradients of the sequence without those three positions."""
+    from panther.ops.attention.triton_kernels import favor_forward
+
+    q, k, v, P = inputs(B=1, N=37, D=8, Dv=6, m=16, dtype=torch.float32, device=_device())
+    mask = torch.zeros(1, 37, dtype=torch.bool, device=q.device)
+    mask[0, :3] = True
+    out = favor_forward(q, k, v, P, kernel_fn, True, mask, segments=2)
+    assert not torch.isfinite(out[:, :, :3]).any() and torch.isfinite(out[:, :, 3:]).all()
+    g = torch.randn(1, 2, 37, 6, generator=torch.Generator().manual_seed(4)).to(q.device)
+    got = _backward(g, q, k, v, P, out, kernel_fn, True, mask, segments=2)
+    cut = [t[:, :, 3:] for t in (q, k, v)]
+    _, want = _reference_grads(*cut, P, kernel_fn, True, None, g[:, :, 3:])
+    assert all(t[:, :, :3].abs().max() == 0 for t in got)
+    assert_grads_close([t[:, :, 3:] for t in got], want, 2e-5)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_triton_backward_float16(causal):
     """fp16 inputs (products with the backward's float32 quantities in float32): gradients in

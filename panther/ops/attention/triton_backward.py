@@ -12,7 +12,8 @@ per-query constant cancels in Q_l). Then
 chained through the feature maps: softmax dx = D^-1/4 (du P) - D^-1/2 sum(du) x with
 du = d phi * phi (queries lose the second term: out_l is invariant to scaling a_l, so
 sum(d phi(q_l) * a_l) = 0 exactly), relu du = d phi / sqrt(m) where x p > 0. Masked keys
-have b_s = 0 and get zero gradients. Causal softmax: key s reaches query l with weight
+have b_s = 0 and get zero gradients. A query that sees no key (causal, the first keys masked:
+its output is 0/0) gets dq = 0 and adds nothing to dk, dv. Causal softmax: key s reaches query l with weight
 exp2(c_s - M_l) (c_s: the key's row max, M_l = max_{s' <= l} c_s', as in the forward),
 recomputed exactly as the forward computes it.
 
@@ -168,6 +169,9 @@ def _dq_kernel(
             gg = tl.load(g_base + rows[:, None] * sgn + cols[None, :] * sgd, mask=ok, other=0.0)
             oo = tl.load(o_base + rows[:, None] * son + cols[None, :] * sod, mask=ok, other=0.0)
             delta += tl.sum(gg.to(tl.float32) * oo.to(tl.float32), 1)
+        # a query that sees no key (causal, masked first keys) has output 0/0: NaN, which must not
+        # reach the other gradients through delta (its own gets 0; its Q is 0, see lse below)
+        delta = tl.where(delta == delta, delta, 0.0)
         dterm = tl.where(first, delta, 0.0)
         g = tl.load(g_base + rows[:, None] * sgn + offs_v[None, :] * sgd, mask=r_ok[:, None] & v_ok[None, :],
                     other=0.0)
@@ -206,14 +210,15 @@ def _dq_kernel(
             state = tl.dot(tl.trans(bk.to(vv.dtype)), vv, state, input_precision=DOT_PRECISION)
             z += tl.sum(bk, 0)
         # den = 0 (a query that sees no key; its output is 0/0): no gradient, Q = 0 (lse = inf)
-        inv_den = tl.where(den > 0, 1.0 / den, 0.0)
-        log_den = tl.log2(tl.where(den > 0, den, 1.0))
+        seen = den > 0
+        inv_den = tl.where(seen, 1.0 / tl.where(seen, den, 1.0), 0.0)
+        log_den = tl.log2(tl.where(seen, den, 1.0))
         if SOFTMAX:
             du = dphi * (a * inv_den[:, None])
-            lse = tl.where(den > 0, r + log_den, float("inf"))
+            lse = tl.where(seen, r + log_den, float("inf"))
         else:
             du = dphi * tl.where(uq > 0, inv_sqrt_m * inv_den[:, None], 0.0)
-            lse = tl.where(den > 0, log_den, float("inf"))
+            lse = tl.where(seen, log_den, float("inf"))
         dq = _ddot(du, p, tl.zeros((CHUNK, D_PAD), dtype=tl.float32), DERIVED_BF16, DERIVED_PRECISION)
         if SOFTMAX:
             dq = dq * scale
