@@ -7,8 +7,9 @@
 Rows per (N, causal, pass): "sdpa" (flash / cuDNN on GPU), "plain favor" (vectorised
 PyTorch FAVOR+, causal through an N×N masked product, skipped where that would not fit),
 "panther" (torch.ops.panther.favor_attention: C++/ATen, chunked causal) and on CUDA
-"panther triton" (torch.ops.panther.favor_attention_triton: fused Triton forward; the
-backward is the C++ op's). "fwd+bwd" backpropagates a random output gradient into q, k, v.
+"panther triton" (torch.ops.panther.favor_attention_triton: fused Triton forward, and its
+autograd runs the Triton backward, favor_attention_triton_backward). "fwd+bwd" backpropagates
+a random output gradient into q, k, v.
 Each row gives "vs sdpa" and "vs plain" (their time over this row's: > 1 = faster) and
 "x floor" (this row's time over the floor).
 

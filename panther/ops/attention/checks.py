@@ -51,7 +51,13 @@ def check_favor(q, k, v, projection, kernel_fn, causal, key_padding_mask, chunk_
     return [B, H, N, v.shape[3]]
 
 
-def check_grad(grad, q, expected) -> None:
-    check_like(grad, "grad", q, "q")
+def check_grad(grad, q, expected, name: str = "grad") -> None:
+    """``grad`` (or the saved output ``out``) must have q's dtype and device and the output shape."""
+    check_like(grad, name, q, "q")
     if list(grad.shape) != list(expected):
-        _fail(f"grad has shape {list(grad.shape)}: expected the output shape {list(expected)}")
+        _fail(f"{name} has shape {list(grad.shape)}: expected the output shape {list(expected)}")
+
+
+def check_output_mask(output_mask) -> None:
+    if len(output_mask) != 3:
+        _fail(f"output_mask must have 3 entries (q, k, v), got {len(output_mask)}")

@@ -31,6 +31,11 @@ depends on keys <= l only, in value and in rounding. Queries need no care: the r
 phi(q_l)'s logits (and its |q'|^2/2 term) is a per-row constant, cancelled by the
 normaliser.
 
+The backward (triton_backward.py) shares the jit helpers of the feature maps and of the causal
+stabiliser (``_features``, ``_query_features``, ``_key_features``, ``_causal_weights``,
+``_running_max``), and recomputes the key states with ``key_states`` (the state kernel and
+``_combine``).
+
 Products run on tensor cores in the input dtype (bf16/fp16) with float32 accumulation;
 the state stays float32 and is rounded to bf16 (bf16 inputs) or read as tf32 (fp16 inputs:
 a long sequence's state can overflow fp16) for phi(Q_c) S. float32 inputs use IEEE
@@ -42,6 +47,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -98,16 +104,14 @@ def _tuned(configs):
 
 
 @triton.jit
-def _features(x, p, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX: tl.constexpr, KEY: tl.constexpr,
-              DOT_PRECISION: tl.constexpr):
-    """Logits (softmax) or features (relu) of a tile x [R, D_PAD] against p [F, D_PAD]: [R, F] float32.
+def _features_of(u, x, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX: tl.constexpr, KEY: tl.constexpr):
+    """Logits (softmax) or features (relu) of a tile x [R, D_PAD] from its products u = x p^T [R, F].
 
     softmax: t = log2(e) (x' p^T - |x'|^2/2) with x' = x D^-1/4, -inf where not ``ok``: base-2
     logits, so every exponential is one exp2. Queries skip |x'|^2/2 (a per-row constant that
     cancels). relu: relu(x p^T)/sqrt(m) + eps, 0 where not ok.
     """
     # x is scaled after the product (in float32), not rounded to the input dtype first.
-    u = tl.dot(x, tl.trans(p), input_precision=DOT_PRECISION)
     if SOFTMAX:
         t = u * logit_scale
         if KEY:
@@ -115,6 +119,75 @@ def _features(x, p, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX: tl.co
             t -= (tl.sum(xf * xf, 1) * norm_scale)[:, None]
         return tl.where(ok, t, float("-inf"))
     return tl.where(ok, tl.maximum(u, 0.0) * inv_sqrt_m + eps, 0.0)
+
+
+@triton.jit
+def _features(x, p, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX: tl.constexpr, KEY: tl.constexpr,
+              DOT_PRECISION: tl.constexpr):
+    """``_features_of`` the products x p^T of a tile x [R, D_PAD] with p [F, D_PAD]: [R, F] float32."""
+    u = tl.dot(x, tl.trans(p), input_precision=DOT_PRECISION)
+    return _features_of(u, x, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX, KEY)
+
+
+@triton.jit
+def _key_features(kk, p, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
+    """Features of a chunk of keys for the causal product, each against its own row max.
+
+    Returns (phi [R, F], c [R], u [R, F]): softmax phi = exp2(t - c) with c the row max of the
+    logits t (-inf for a masked key, whose phi is 0), relu phi as ``_features`` (c unused);
+    u = kk p^T, the products (the relu derivative's sign).
+    """
+    u = tl.dot(kk, tl.trans(p), input_precision=DOT_PRECISION)
+    phi = _features_of(u, kk, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX, True)
+    c = tl.max(phi, 1)
+    if SOFTMAX:
+        phi = tl.exp2(phi - tl.where(c == float("-inf"), 0.0, c)[:, None])
+    return phi, c, u
+
+
+@triton.jit
+def _query_features(qq, p, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    """Features of a chunk of queries: (phi [R, F], r [R], u [R, F]).
+
+    softmax: phi = exp2(t - r) with r the row max of the logits t, a per-row stabiliser that
+    cancels in num / den (phi's largest entry is 1); relu: phi as ``_features`` (r unused).
+    u = qq p^T, the products.
+    """
+    u = tl.dot(qq, tl.trans(p), input_precision=DOT_PRECISION)
+    phi = _features_of(u, qq, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX, False)
+    r = tl.max(phi, 1)
+    if SOFTMAX:
+        phi = tl.exp2(phi - r[:, None])
+    return phi, r, u
+
+
+@triton.jit
+def _causal_weights(ck, c_state, causal_mask):
+    """The causal stabiliser of a chunk of queries (see the module docstring).
+
+    ck [C]: the chunk's key stabilisers, c_state: the entering state's. Returns M [C] with
+    M_l = max(c_state, max_{s <= l} c_s) (-inf while no key is seen), the inter-chunk weights
+    exp2(c_state - M_l) [C] and the intra-chunk weights exp2(c_s - M_l) [C, C] (0 above the
+    diagonal and for masked keys).
+    """
+    ck_seen = tl.where(causal_mask, ck[None, :], float("-inf"))
+    m_row = tl.maximum(tl.max(ck_seen, 1), c_state)
+    safe = tl.where(m_row == float("-inf"), 0.0, m_row)
+    return m_row, tl.exp2(c_state - safe), tl.exp2(ck_seen - safe[:, None])
+
+
+@triton.jit
+def _running_max(c_state, rowc):
+    """A state kept relative to its running max c_state absorbs rows with stabilisers rowc [R].
+
+    Returns (the new max, the factor that rescales the state to it, the rows' weights
+    exp2(rowc - new max)); -inf everywhere (nothing seen) gives a 0 factor and weights.
+    """
+    c_new = tl.maximum(c_state, tl.max(rowc, 0))
+    safe = tl.where(c_new == float("-inf"), 0.0, c_new)
+    return c_new, tl.exp2(c_state - safe), tl.exp2(rowc - safe)
 
 
 @triton.autotune(configs=_tuned(STATE_CONFIGS),
@@ -244,10 +317,8 @@ def _output_kernel(
                     other=0.0)
         qq = tl.load(q_base + rows[:, None] * sqn + offs_d[None, :] * sqd, mask=r_ok[:, None] & d_ok[None, :],
                      other=0.0)
-        a = _features(qq, p, logit_scale, norm_scale, inv_sqrt_m, eps, m_ok[None, :], SOFTMAX, False,
-                      DOT_PRECISION)
-        if SOFTMAX:
-            a = tl.exp2(a - tl.max(a, 1)[:, None])  # per-row stabiliser: cancels in num / den
+        a, _, _ = _query_features(qq, p, logit_scale, norm_scale, inv_sqrt_m, eps, m_ok[None, :], SOFTMAX,
+                                  DOT_PRECISION)
         if STATE_BF16:
             num = tl.dot(a.to(tl.bfloat16), state.to(tl.bfloat16))
         else:
@@ -261,32 +332,22 @@ def _output_kernel(
             valid = r_ok
             if HAS_KEEP:
                 valid = valid & (tl.load(keep_ptr + b * N + rows, mask=r_ok, other=0) != 0)
-            bk = _features(kk, p, logit_scale, norm_scale, inv_sqrt_m, eps, valid[:, None] & m_ok[None, :], SOFTMAX,
-                           True, DOT_PRECISION)
+            bk, ck, _ = _key_features(kk, p, logit_scale, norm_scale, inv_sqrt_m, eps, valid[:, None] & m_ok[None, :],
+                                      SOFTMAX, DOT_PRECISION)
             if SOFTMAX:
-                ck = tl.max(bk, 1)  # each key's own stabiliser; -inf for masked keys
-                bk = tl.exp2(bk - tl.where(ck == float("-inf"), 0.0, ck)[:, None])
-                # M_l = max(c_state, max_{s <= l} c_s): the causal stabiliser of query l
-                ck_seen = tl.where(causal_mask, ck[None, :], float("-inf"))
-                m_row = tl.maximum(tl.max(ck_seen, 1), c_state)
-                m_row = tl.where(m_row == float("-inf"), 0.0, m_row)
-                w_inter = tl.exp2(c_state - m_row)
+                _, w_inter, w_intra = _causal_weights(ck, c_state, causal_mask)
                 num = num * w_inter[:, None]
                 den = den * w_inter
-                w_intra = tl.exp2(ck_seen - m_row[:, None])  # 0 above the diagonal and for masked keys
             else:
                 w_intra = tl.where(causal_mask, 1.0, 0.0)
             scores = tl.dot(a.to(vv.dtype), tl.trans(bk.to(vv.dtype)), input_precision=DOT_PRECISION) * w_intra
             num = tl.dot(scores.to(vv.dtype), vv, num, input_precision=DOT_PRECISION)
             den += tl.sum(scores, 1)
             if SOFTMAX:  # the state absorbs the chunk relative to the new running max
-                c_end = tl.maximum(c_state, tl.max(ck, 0))
-                c_end_safe = tl.where(c_end == float("-inf"), 0.0, c_end)
-                beta = tl.exp2(c_state - c_end_safe)
+                c_state, beta, w_keys = _running_max(c_state, ck)
                 state = state * beta
                 z = z * beta
-                bk = bk * tl.exp2(ck - c_end_safe)[:, None]
-                c_state = c_end
+                bk = bk * w_keys[:, None]
             state = tl.dot(tl.trans(bk.to(vv.dtype)), vv, state, input_precision=DOT_PRECISION)
             z += tl.sum(bk, 0)
         out = num / den[:, None]
@@ -362,6 +423,71 @@ def _combine(states, zs, cs, causal: bool):
     return state, z, ref.contiguous()
 
 
+class Problem(NamedTuple):
+    """Sizes and launch arguments shared by the forward and backward kernels."""
+
+    B: int
+    H: int
+    N: int
+    S: int
+    D: int
+    DV: int
+    M: int
+    M_PAD: int
+    D_PAD: int
+    DV_PAD: int
+    softmax: bool
+    keep: torch.Tensor  # int8 [B, S], 1 = attend (any tensor when there is no mask)
+    scalars: tuple  # logit_scale, norm_scale, inv_sqrt_m, eps
+    common: dict  # constexprs of every kernel
+
+    @property
+    def BH(self) -> int:
+        return self.B * self.H
+
+
+def problem(q, k, v, projection, kernel_fn: str, key_padding_mask, caller: str) -> Problem:
+    """The shared launch arguments; raises where the sizes do not fit the kernels' tiles."""
+    B, H, N, D = q.shape
+    S, DV, M = k.shape[2], v.shape[3], projection.shape[0]
+    if not supported(M, D, DV):
+        raise ValueError(f"{caller}: {M} random features, head dims {D} and {DV} do not fit the Triton kernels "
+                         f"(at most {MAX_FEATURES} features and head dims {MAX_HEAD_DIM}); use "
+                         "torch.ops.panther.favor_attention")
+    softmax = kernel_fn == "softmax"
+    has_keep = key_padding_mask is not None
+    keep = (~key_padding_mask).to(torch.int8).contiguous() if has_keep else q
+    # base-2 logits t = log2(e) (x.p D^-1/4 - |x|^2 D^-1/2 / 2): the scale of the products, of |x|^2
+    scalars = (LOG2E * float(D) ** -0.25, LOG2E * 0.5 / math.sqrt(D), 1.0 / math.sqrt(M), RELU_EPS)
+    common = dict(HAS_KEEP=has_keep, SOFTMAX=softmax, M_PAD=_pow2(M), D_PAD=_pow2(D),
+                  ELEMENT_SIZE=q.element_size(), DOT_PRECISION=_dot_precision(q.dtype))
+    return Problem(B, H, N, S, D, DV, M, _pow2(M), _pow2(D), _pow2(DV), softmax, keep, scalars, common)
+
+
+def _config_meta(config) -> dict:
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def key_states(pb: Problem, k, v, projection, causal: bool, seg_len: int, nseg: int, launch, config=None):
+    """The key-value state of the keys, by ``_segment_state_kernel`` and ``_combine``.
+
+    Non-causal: the total [BH, 1, M_PAD, DV], its normaliser and stabiliser [BH, 1]. Causal:
+    the state entering each of ``nseg`` segments of ``seg_len`` keys. ``config``: one
+    triton.Config instead of autotuning.
+    """
+    kernel, meta = (_segment_state_kernel, {}) if config is None else (_segment_state_kernel.fn, _config_meta(config))
+    states = k.new_empty(pb.BH, nseg, pb.M_PAD, pb.DV, dtype=torch.float32)
+    zs = k.new_empty(pb.BH, nseg, pb.M_PAD, dtype=torch.float32)
+    cs = k.new_empty(pb.BH, nseg, pb.M_PAD, dtype=torch.float32)
+    launch(kernel)[lambda meta: (triton.cdiv(pb.M_PAD, meta["BF"]), nseg, pb.BH)](
+        k, v, projection, pb.keep, states, zs, cs,
+        pb.H, pb.S, pb.D, pb.DV, pb.M, seg_len, nseg, _bucket(pb.BH * pb.S), *pb.scalars,
+        *k.stride(), *v.stride(), *projection.stride(),
+        DV_PAD=pb.DV_PAD, **pb.common, **meta,
+    )
+    return _combine(states, zs, cs, causal)
+
+
 def favor_forward(q, k, v, projection, kernel_fn: str, causal: bool, key_padding_mask=None, segments: int = 0,
                   launch=lambda kernel: kernel, configs=None):
     """FAVOR+ attention forward with the Triton kernels; same math as the C++ op.
@@ -370,33 +496,20 @@ def favor_forward(q, k, v, projection, kernel_fn: str, causal: bool, key_padding
     kernel before launching (torch.library.wrap_triton inside a triton_op). ``configs`` =
     (state, output) triton.Configs bypasses autotuning, for tests of every config.
     """
-    B, H, N, D = q.shape
-    S, DV, M = k.shape[2], v.shape[3], projection.shape[0]
-    if not supported(M, D, DV):
-        raise ValueError(f"favor_forward: {M} random features, head dims {D} and {DV} do not fit the Triton kernels "
-                         f"(at most {MAX_FEATURES} features and head dims {MAX_HEAD_DIM}); use "
-                         "torch.ops.panther.favor_attention")
+    pb = problem(q, k, v, projection, kernel_fn, key_padding_mask, "favor_forward")
+    B, H, N, S, DV, M_PAD, BH = pb.B, pb.H, pb.N, pb.S, pb.DV, pb.M_PAD, pb.BH
     out = q.new_empty(B, H, N, DV)
     if out.numel() == 0:
         return out
-    BH, dev = B * H, q.device
-    M_PAD, D_PAD, DV_PAD = _pow2(M), _pow2(D), _pow2(DV)
-    softmax = kernel_fn == "softmax"
-    has_keep = key_padding_mask is not None
-    keep = (~key_padding_mask).to(torch.int8).contiguous() if has_keep else q
-    # base-2 logits t = log2(e) (x.p D^-1/4 - |x|^2 D^-1/2 / 2): the scale of the products, of |x|^2
-    scalars = (LOG2E * float(D) ** -0.25, LOG2E * 0.5 / math.sqrt(D), 1.0 / math.sqrt(M), RELU_EPS)
-    precision = _dot_precision(q.dtype)
+    dev = q.device
     # products with the float32 state: bf16 for bf16 inputs (its rounding is the output's), tf32
     # for fp16 (a long sequence's state can pass fp16's 65504), IEEE in the interpreter
+    precision = pb.common["DOT_PRECISION"]
     state_precision = precision if q.dtype == torch.float32 or dev.type != "cuda" else "tf32"
     state_bf16 = q.dtype == torch.bfloat16 and dev.type == "cuda"
-    common = dict(HAS_KEEP=has_keep, SOFTMAX=softmax, M_PAD=M_PAD, D_PAD=D_PAD, ELEMENT_SIZE=q.element_size(),
-                  DOT_PRECISION=precision)
-    state_kernel, output_kernel, meta_s, meta_o = _segment_state_kernel, _output_kernel, {}, {}
+    output_kernel, meta_o = _output_kernel, {}
     if configs is not None:
-        state_kernel, output_kernel = _segment_state_kernel.fn, _output_kernel.fn
-        meta_s, meta_o = ({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages} for c in configs)
+        output_kernel, meta_o = _output_kernel.fn, _config_meta(configs[1])
 
     if segments > 0:
         seg_len, nseg = _split(S, segments)
@@ -404,16 +517,8 @@ def favor_forward(q, k, v, projection, kernel_fn: str, causal: bool, key_padding
         seg_len, nseg = _segments(S, BH, dev, 256)
     else:
         seg_len, nseg = _segments(S, BH * triton.cdiv(M_PAD, 64), dev, 256)
-    states = torch.empty(BH, nseg, M_PAD, DV, device=dev, dtype=torch.float32)
-    zs = torch.empty(BH, nseg, M_PAD, device=dev, dtype=torch.float32)
-    cs = torch.empty(BH, nseg, M_PAD, device=dev, dtype=torch.float32)
-    launch(state_kernel)[lambda meta: (triton.cdiv(M_PAD, meta["BF"]), nseg, BH)](
-        k, v, projection, keep, states, zs, cs,
-        H, S, D, DV, M, seg_len, nseg, _bucket(BH * S), *scalars,
-        *k.stride(), *v.stride(), *projection.stride(),
-        DV_PAD=DV_PAD, **common, **meta_s,
-    )
-    state, z, c = _combine(states, zs, cs, causal)
+    state, z, c = key_states(pb, k, v, projection, causal, seg_len, nseg, launch,
+                             None if configs is None else configs[0])
     if causal:
         q_seg_len, q_nseg = seg_len, nseg
     elif segments > 0:
@@ -421,9 +526,9 @@ def favor_forward(q, k, v, projection, kernel_fn: str, causal: bool, key_padding
     else:
         q_seg_len, q_nseg = _segments(N, BH, dev, 128)
     launch(output_kernel)[lambda meta: (triton.cdiv(DV, meta["BDV"]), q_nseg, BH)](
-        q, k, v, projection, keep, state, z, c, out,
-        H, N, D, DV, M, q_seg_len, state.shape[1], _bucket(BH * N), *scalars,
+        q, k, v, projection, pb.keep, state, z, c, out,
+        H, N, pb.D, DV, pb.M, q_seg_len, state.shape[1], _bucket(BH * N), *pb.scalars,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *projection.stride(),
-        CAUSAL=causal, STATE_PRECISION=state_precision, STATE_BF16=state_bf16, **common, **meta_o,
+        CAUSAL=causal, STATE_PRECISION=state_precision, STATE_BF16=state_bf16, **pb.common, **meta_o,
     )
     return out
