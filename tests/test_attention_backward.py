@@ -155,7 +155,7 @@ def test_triton_backward_only_the_gradients_asked_for():
         got = _backward(g, q, k, v, P, out, "softmax", True, None, needs=needs)
         for name, a, b, need in zip("qkv", got, want, needs):
             if need:
-                torch.testing.assert_close(a.double().cpu(), b, rtol=1e-4, atol=1e-5, msg=f"d{name}")
+                assert_grads_close([a], [b], 1e-4, f"needs={needs}:")
             else:
                 assert a is None, name
 
@@ -206,6 +206,8 @@ def test_backward_kernels_compile_for_hopper():
 
 # --------------------------------------------------------------------------- the op's autograd
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="forces the Triton kernels on CPU tensors (the interpreter); "
+                    "test_triton_op_cuda_autograd_compile_and_opcheck covers CUDA")
 def test_triton_op_autograd_runs_the_triton_backward(monkeypatch):
     """favor_attention_triton's autograd calls favor_attention_triton_backward, which runs the
     Triton backward where the forward runs Triton (forced here on the CPU, in the
@@ -280,8 +282,10 @@ def test_triton_backward_cuda_matches_cpp(kernel_fn, causal, dtype):
 
     q, k, v, P, g = _cuda_case(S=None if causal else 513)
     mask = padding_mask(2, k.shape[2]).cuda()
-    want = _cpp_grads(q, k, v, P, kernel_fn, causal, mask, g)
     lp = [t.to(dtype) for t in (g, q, k, v, P)]
+    # the reference sees the same rounded inputs: relu's derivative is a step, so rounding q or k
+    # flips features on and off, a difference of the inputs rather than of the backward
+    want = _cpp_grads(*lp[1:], kernel_fn, causal, mask, lp[0])
     out = favor_forward(*lp[1:], kernel_fn, causal, mask)
     got = _backward(lp[0], *lp[1:], out, kernel_fn, causal, mask)
     assert [t.dtype for t in got] == [dtype] * 3
@@ -303,7 +307,7 @@ def test_triton_backward_cuda_every_config(causal):
         lists = (STATE_CONFIGS, DQ_CONFIGS, QUERY_STATE_CONFIGS, DKV_CONFIGS)
         n = max(len(c) for c in lists)
         for kernel_fn in ("softmax", "relu"):
-            want = _cpp_grads(q, k, v, P, kernel_fn, causal, mask, g)
+            want = _cpp_grads(*lp[1:], kernel_fn, causal, mask, lp[0])  # the same rounded inputs
             out = favor_forward(*lp[1:], kernel_fn, causal, mask)
             for i in range(n):
                 configs = tuple(c[i % len(c)] for c in lists)
