@@ -12,10 +12,10 @@ per-query constant cancels in Q_l). Then
 chained through the feature maps: softmax dx = D^-1/4 (du P) - D^-1/2 sum(du) x with
 du = d phi * phi (queries lose the second term: out_l is invariant to scaling a_l, so
 sum(d phi(q_l) * a_l) = 0 exactly), relu du = d phi / sqrt(m) where x p > 0. Masked keys
-have b_s = 0 and get zero gradients. A query that sees no key (causal, the first keys masked:
-its output is 0/0) gets dq = 0 and adds nothing to dk, dv. Causal softmax: key s reaches query l with weight
-exp2(c_s - M_l) (c_s: the key's row max, M_l = max_{s' <= l} c_s', as in the forward),
-recomputed exactly as the forward computes it.
+have b_s = 0 and get zero gradients. A query that sees no key (causal, the first keys
+masked: its output is 0/0) gets dq = 0 and adds nothing to dk, dv. Causal softmax: key s
+reaches query l with weight exp2(c_s - M_l) (c_s: the key's row max, M_l = max_{s' <= l}
+c_s', as in the forward), recomputed exactly as the forward computes it.
 
 The kernels, each grid (value-dim blocks or feature blocks, segments, B*H), parallel over
 segments with deterministic partial sums (no atomics):
