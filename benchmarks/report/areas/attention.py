@@ -56,6 +56,7 @@ def facts(machine: Machine) -> dict[str, str]:
     shape = ", ".join(f"{k}={first[k]}" for k in ("B", "H", "D", "m") if k in first)
     fwd = [line for line in lines if line["pass"] == "fwd"]
     longest = max((line for line in fwd if line["causal"] == "no"), key=lambda line: line["N"] or 0, default={})
+    train = {line["causal"]: line for line in lines if line["pass"] == "fwd+bwd" and line["N"] == longest.get("N")}
     return {
         "shape": f"{shape}, {first.get('dtype', fmt.MISSING)}" if shape else fmt.MISSING,
         "crossover": _crossover(lines),
@@ -63,6 +64,8 @@ def facts(machine: Machine) -> dict[str, str]:
         "longest_vs_sdpa": fmt.times(longest.get("best_vs_sdpa")),
         "noncausal_x_floor": fmt.span([line.get("best_x_floor") for line in fwd if line["causal"] == "no"], ".3g"),
         "causal_x_floor": fmt.span([line.get("best_x_floor") for line in fwd if line["causal"] == "yes"], ".3g"),
+        "train_vs_sdpa": fmt.times(train.get("no", {}).get("best_vs_sdpa")),
+        "causal_train_vs_sdpa": fmt.times(train.get("yes", {}).get("best_vs_sdpa")),
     }
 
 
