@@ -267,7 +267,11 @@ def test_triton_segment_sum(dtype, shape, dim):
     tol = {torch.float32: 1e-5, F64: 1e-12, torch.float16: 1e-2}[dtype]
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
     again = tk.sparse_segment_sum(A, S.rows, S.vals.to(dtype), order, offsets, 24, dim)
-    assert torch.equal(out, again)  # no atomics: bitwise deterministic
+    post = math.prod(shape[dim + 1:])
+    if post >= tk.SEGMENT_MIN_POST:  # the segmented sum has no atomics: bitwise deterministic
+        assert torch.equal(out, again)
+    else:  # narrow rows take the atomic scatter: equal up to the order of the float additions
+        torch.testing.assert_close(out, again, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])

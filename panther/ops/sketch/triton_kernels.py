@@ -9,7 +9,7 @@ sparse_segment_sum: out = S A along one axis when A's rows along it are wide (po
     the non-zeros are bucket-sorted by output row at operator creation (``order``: flat
     indices into rows/vals in output-row order, ``offsets``: segment starts), so one program
     owns one output row x column tile and sums its segment of input rows: no atomics,
-    deterministic. Within a segment the input rows ascend (a stable sort), and the d x tiles
+    deterministic (narrower rows fall back to sparse_scatter and its atomics). Within a segment the input rows ascend (a stable sort), and the d x tiles
     programs are resident together, so they sweep A front to back at about the same pace:
     an input row read by one of its s output segments is still in L2 when the others ask,
     and HBM sees about one read of A even for s > 1.
