@@ -60,11 +60,15 @@ from .triton_kernels import (
     _config_meta,
     _features,
     _features_of,
+    _float32_scalars,
     _key_features,
+    _load_rows,
+    _program,
     _query_features,
     _running_max,
     _segments,
     _split,
+    _store_partial_state,
     _tuned,
     key_states,
     problem,
@@ -117,17 +121,9 @@ def _dq_kernel(
     D_PAD: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     DERIVED_PRECISION: tl.constexpr, DERIVED_BF16: tl.constexpr, BDV: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    # Float arguments may arrive as float64 scalars (Inductor): cast, as the forward does.
-    logit_scale = tl.cast(logit_scale, tl.float32)
-    norm_scale = tl.cast(norm_scale, tl.float32)
-    inv_sqrt_m = tl.cast(inv_sqrt_m, tl.float32)
-    eps = tl.cast(eps, tl.float32)
-    dvb = tl.program_id(0)
-    seg = tl.program_id(1)
-    bh = tl.program_id(2)
+    logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
+    dvb, seg, bh, b, h = _program(H)
     first = dvb == 0  # the value block that adds the delta terms (and stores the per-query numbers)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
     offs_m = tl.arange(0, M_PAD)
     offs_d = tl.arange(0, D_PAD)
     offs_c = tl.arange(0, CHUNK)
@@ -158,8 +154,7 @@ def _dq_kernel(
         r_ok = rows < end
         p = tl.load(p_ptr + offs_m[:, None] * spm + offs_d[None, :] * spd, mask=m_ok[:, None] & d_ok[None, :],
                     other=0.0)
-        qq = tl.load(q_base + rows[:, None] * sqn + offs_d[None, :] * sqd, mask=r_ok[:, None] & d_ok[None, :],
-                     other=0.0)
+        qq = _load_rows(q_base, rows, r_ok, sqn, offs_d, d_ok, sqd)
         a, r, uq = _query_features(qq, p, logit_scale, norm_scale, inv_sqrt_m, eps, m_ok[None, :], SOFTMAX,
                                    DOT_PRECISION)
         delta = tl.zeros((CHUNK,), dtype=tl.float32)  # out . dout over every value dim
@@ -173,8 +168,7 @@ def _dq_kernel(
         # reach the other gradients through delta (its own gets 0; its Q is 0, see lse below)
         delta = tl.where(delta == delta, delta, 0.0)
         dterm = tl.where(first, delta, 0.0)
-        g = tl.load(g_base + rows[:, None] * sgn + offs_v[None, :] * sgd, mask=r_ok[:, None] & v_ok[None, :],
-                    other=0.0)
+        g = _load_rows(g_base, rows, r_ok, sgn, offs_v, v_ok, sgd)
         den = tl.sum(a * z[None, :], 1)
         # d phi(q) * den: S g - delta z, the inter-chunk part
         dphi = _ddot(g, tl.trans(state), tl.zeros((CHUNK, M_PAD), dtype=tl.float32), DERIVED_BF16,
@@ -182,10 +176,8 @@ def _dq_kernel(
         dphi -= dterm[:, None] * z[None, :]
         m_row = tl.zeros((CHUNK,), dtype=tl.float32)
         if CAUSAL:
-            kk = tl.load(k_base + rows[:, None] * skn + offs_d[None, :] * skd, mask=r_ok[:, None] & d_ok[None, :],
-                         other=0.0)
-            vv = tl.load(v_base + rows[:, None] * svn + offs_v[None, :] * svd, mask=r_ok[:, None] & v_ok[None, :],
-                         other=0.0)
+            kk = _load_rows(k_base, rows, r_ok, skn, offs_d, d_ok, skd)
+            vv = _load_rows(v_base, rows, r_ok, svn, offs_v, v_ok, svd)
             valid = r_ok
             if HAS_KEEP:
                 valid = valid & (tl.load(keep_ptr + b * N + rows, mask=r_ok, other=0) != 0)
@@ -252,15 +244,8 @@ def _query_state_kernel(
     DERIVED_PRECISION: tl.constexpr, DERIVED_BF16: tl.constexpr, BF: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # One feature block of one segment's sum_l Q_l g_l^T [BF, DV] and -sum_l Q_l delta_l [BF].
-    logit_scale = tl.cast(logit_scale, tl.float32)
-    norm_scale = tl.cast(norm_scale, tl.float32)
-    inv_sqrt_m = tl.cast(inv_sqrt_m, tl.float32)
-    eps = tl.cast(eps, tl.float32)
-    fb = tl.program_id(0)
-    seg = tl.program_id(1)
-    bh = tl.program_id(2)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
+    fb, seg, bh, b, h = _program(H)
     offs_f = fb * BF + tl.arange(0, BF)
     offs_d = tl.arange(0, D_PAD)
     offs_n = tl.arange(0, BLOCK_N)
@@ -279,10 +264,8 @@ def _query_state_kernel(
     for l0 in range(start, end, BLOCK_N):
         rows = (l0 + offs_n).to(tl.int64)
         r_ok = rows < end
-        qq = tl.load(q_base + rows[:, None] * sqn + offs_d[None, :] * sqd, mask=r_ok[:, None] & d_ok[None, :],
-                     other=0.0)
-        gg = tl.load(g_base + rows[:, None] * sgn + offs_v[None, :] * sgd, mask=r_ok[:, None] & v_ok[None, :],
-                     other=0.0)
+        qq = _load_rows(q_base, rows, r_ok, sqn, offs_d, d_ok, sqd)
+        gg = _load_rows(g_base, rows, r_ok, sgn, offs_v, v_ok, sgd)
         p = tl.load(p_ptr + offs_f[:, None] * spm + offs_d[None, :] * spd, mask=f_ok[:, None] & d_ok[None, :],
                     other=0.0)
         stat = bh.to(tl.int64) * N + rows
@@ -301,14 +284,9 @@ def _query_state_kernel(
         acc = _ddot(tl.trans(qn), gg, acc, DERIVED_BF16, DERIVED_PRECISION)
         dz -= tl.sum(qn * delta[:, None], 0)
 
-    base = (bh * NSEG + seg).to(tl.int64) * M_PAD
-    f_in = offs_f < M_PAD
-    tl.store(state_ptr + (base + offs_f[:, None]) * DV + offs_v[None, :], acc, mask=f_in[:, None] & v_ok[None, :])
-    tl.store(z_ptr + base + offs_f, dz, mask=f_in)
-    c_rows = tl.zeros((BF,), dtype=tl.float32)  # no stabiliser (non-causal, relu): 0
-    if CAUSAL and SOFTMAX:
-        c_rows += c_run
-    tl.store(c_ptr + base + offs_f, c_rows, mask=f_in)
+    # no stabiliser (non-causal, relu): 0
+    _store_partial_state(state_ptr, z_ptr, c_ptr, acc, dz, c_run, bh, seg, NSEG, DV, offs_f, offs_v, v_ok, M_PAD, BF,
+                         CAUSAL and SOFTMAX)
 
 
 @triton.autotune(configs=_tuned(DKV_CONFIGS),
@@ -324,16 +302,9 @@ def _dkv_kernel(
     D_PAD: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     DERIVED_PRECISION: tl.constexpr, DERIVED_BF16: tl.constexpr, BDV: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    logit_scale = tl.cast(logit_scale, tl.float32)
-    norm_scale = tl.cast(norm_scale, tl.float32)
-    inv_sqrt_m = tl.cast(inv_sqrt_m, tl.float32)
-    eps = tl.cast(eps, tl.float32)
-    dvb = tl.program_id(0)
-    seg = tl.program_id(1)
-    bh = tl.program_id(2)
+    logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
+    dvb, seg, bh, b, h = _program(H)
     first = dvb == 0
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
     offs_m = tl.arange(0, M_PAD)
     offs_d = tl.arange(0, D_PAD)
     offs_c = tl.arange(0, CHUNK)
@@ -368,10 +339,8 @@ def _dkv_kernel(
         r_ok = rows < end
         p = tl.load(p_ptr + offs_m[:, None] * spm + offs_d[None, :] * spd, mask=m_ok[:, None] & d_ok[None, :],
                     other=0.0)
-        kk = tl.load(k_base + rows[:, None] * skn + offs_d[None, :] * skd, mask=r_ok[:, None] & d_ok[None, :],
-                     other=0.0)
-        vv = tl.load(v_base + rows[:, None] * svn + offs_v[None, :] * svd, mask=r_ok[:, None] & v_ok[None, :],
-                     other=0.0)
+        kk = _load_rows(k_base, rows, r_ok, skn, offs_d, d_ok, skd)
+        vv = _load_rows(v_base, rows, r_ok, svn, offs_v, v_ok, svd)
         valid = r_ok
         if HAS_KEEP:
             valid = valid & (tl.load(keep_ptr + b * S + rows, mask=r_ok, other=0) != 0)
@@ -383,10 +352,8 @@ def _dkv_kernel(
         if CAUSAL:
             bk, ck, uk = _key_features(kk, p, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX, DOT_PRECISION)
             dv = _ddot(bk, dstate, tl.zeros((CHUNK, BDV), dtype=tl.float32), DERIVED_BF16, DERIVED_PRECISION)
-            qq = tl.load(q_base + rows[:, None] * sqn + offs_d[None, :] * sqd, mask=r_ok[:, None] & d_ok[None, :],
-                         other=0.0)
-            g = tl.load(g_base + rows[:, None] * sgn + offs_v[None, :] * sgd, mask=r_ok[:, None] & v_ok[None, :],
-                        other=0.0)
+            qq = _load_rows(q_base, rows, r_ok, sqn, offs_d, d_ok, sqd)
+            g = _load_rows(g_base, rows, r_ok, sgn, offs_v, v_ok, sgd)
             stat = bh.to(tl.int64) * S + rows
             lse = tl.load(lse_ptr + stat, mask=r_ok, other=float("inf"))
             delta = tl.load(delta_ptr + stat, mask=r_ok, other=0.0)

@@ -104,6 +104,46 @@ def _tuned(configs):
 
 
 @triton.jit
+def _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps):
+    """The kernels' float arguments as float32. Inductor passes Python floats as float64 scalars:
+    without the casts every value derived from them is float64 and a loop-carried state changes
+    type. tl.cast also takes the plain Python floats the interpreter passes."""
+    return (tl.cast(logit_scale, tl.float32), tl.cast(norm_scale, tl.float32), tl.cast(inv_sqrt_m, tl.float32),
+            tl.cast(eps, tl.float32))
+
+
+@triton.jit
+def _program(H):
+    """This program's place in a (blocks, segments, B*H) grid: (block, segment, bh, batch b, head h),
+    b and h as int64 (they scale strides)."""
+    bh = tl.program_id(2)
+    return tl.program_id(0), tl.program_id(1), bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+
+
+@triton.jit
+def _load_rows(base, rows, r_ok, stride_n, cols, c_ok, stride_c):
+    """The [rows, cols] tile of a [N, C] matrix at ``base`` with strides (stride_n, stride_c), zero
+    outside r_ok x c_ok."""
+    return tl.load(base + rows[:, None] * stride_n + cols[None, :] * stride_c, mask=r_ok[:, None] & c_ok[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _store_partial_state(state_ptr, z_ptr, c_ptr, acc, z, c_run, bh, seg, NSEG, DV, offs_f, offs_v, v_ok,
+                         M_PAD: tl.constexpr, BF: tl.constexpr, STABILISED: tl.constexpr):
+    """One segment's feature block of a partial state [BF, DV], its normaliser [BF] and stabiliser
+    (c_run where STABILISED, else 0) into [BH, NSEG, M_PAD, ...] buffers, for ``_combine``."""
+    base = (bh * NSEG + seg).to(tl.int64) * M_PAD
+    f_in = offs_f < M_PAD
+    tl.store(state_ptr + (base + offs_f[:, None]) * DV + offs_v[None, :], acc, mask=f_in[:, None] & v_ok[None, :])
+    tl.store(z_ptr + base + offs_f, z, mask=f_in)
+    c_rows = tl.zeros((BF,), dtype=tl.float32)
+    if STABILISED:
+        c_rows += c_run
+    tl.store(c_ptr + base + offs_f, c_rows, mask=f_in)
+
+
+@triton.jit
 def _features_of(u, x, logit_scale, norm_scale, inv_sqrt_m, eps, ok, SOFTMAX: tl.constexpr, KEY: tl.constexpr):
     """Logits (softmax) or features (relu) of a tile x [R, D_PAD] from its products u = x p^T [R, F].
 
@@ -202,18 +242,8 @@ def _segment_state_kernel(
     BF: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # One feature block of one segment's state: sum phi(k) v^T [BF, DV] and sum phi(k) [BF].
-    # Inductor passes Python float arguments as float64 scalars: without these casts every
-    # value derived from them is float64 and the loop-carried state changes type. tl.cast
-    # also takes the plain Python floats the interpreter passes.
-    logit_scale = tl.cast(logit_scale, tl.float32)
-    norm_scale = tl.cast(norm_scale, tl.float32)
-    inv_sqrt_m = tl.cast(inv_sqrt_m, tl.float32)
-    eps = tl.cast(eps, tl.float32)
-    fb = tl.program_id(0)
-    seg = tl.program_id(1)
-    bh = tl.program_id(2)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
+    fb, seg, bh, b, h = _program(H)
     offs_f = fb * BF + tl.arange(0, BF)
     offs_d = tl.arange(0, D_PAD)
     offs_n = tl.arange(0, BLOCK_N)
@@ -232,10 +262,8 @@ def _segment_state_kernel(
     for s0 in range(start, end, BLOCK_N):
         rows = (s0 + offs_n).to(tl.int64)  # row offsets in int64: long sequences pass 2**31 elements
         r_ok = rows < end
-        kk = tl.load(k_base + rows[:, None] * skn + offs_d[None, :] * skd, mask=r_ok[:, None] & d_ok[None, :],
-                     other=0.0)
-        vv = tl.load(v_base + rows[:, None] * svn + offs_v[None, :] * svd, mask=r_ok[:, None] & v_ok[None, :],
-                     other=0.0)
+        kk = _load_rows(k_base, rows, r_ok, skn, offs_d, d_ok, skd)
+        vv = _load_rows(v_base, rows, r_ok, svn, offs_v, v_ok, svd)
         p = tl.load(p_ptr + offs_f[:, None] * spm + offs_d[None, :] * spd, mask=f_ok[:, None] & d_ok[None, :],
                     other=0.0)
         valid = r_ok
@@ -254,14 +282,9 @@ def _segment_state_kernel(
         acc = tl.dot(tl.trans(phi.to(vv.dtype)), vv, acc, input_precision=DOT_PRECISION)
         z += tl.sum(phi, 0)
 
-    base = (bh * NSEG + seg).to(tl.int64) * M_PAD
-    f_in = offs_f < M_PAD
-    tl.store(state_ptr + (base + offs_f[:, None]) * DV + offs_v[None, :], acc, mask=f_in[:, None] & v_ok[None, :])
-    tl.store(z_ptr + base + offs_f, z, mask=f_in)
-    c_rows = tl.zeros((BF,), dtype=tl.float32)  # relu features need no stabiliser: 0
-    if SOFTMAX:
-        c_rows += c_run
-    tl.store(c_ptr + base + offs_f, c_rows, mask=f_in)
+    # relu features need no stabiliser: 0
+    _store_partial_state(state_ptr, z_ptr, c_ptr, acc, z, c_run, bh, seg, NSEG, DV, offs_f, offs_v, v_ok, M_PAD, BF,
+                         SOFTMAX)
 
 
 @triton.autotune(configs=_tuned(OUTPUT_CONFIGS),
@@ -275,18 +298,8 @@ def _output_kernel(
     D_PAD: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     STATE_PRECISION: tl.constexpr, STATE_BF16: tl.constexpr, CHUNK: tl.constexpr, BDV: tl.constexpr,
 ):
-    # Inductor passes Python float arguments as float64 scalars: without these casts every
-    # value derived from them is float64 and the loop-carried state changes type. tl.cast
-    # also takes the plain Python floats the interpreter passes.
-    logit_scale = tl.cast(logit_scale, tl.float32)
-    norm_scale = tl.cast(norm_scale, tl.float32)
-    inv_sqrt_m = tl.cast(inv_sqrt_m, tl.float32)
-    eps = tl.cast(eps, tl.float32)
-    dvb = tl.program_id(0)
-    seg = tl.program_id(1)
-    bh = tl.program_id(2)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
+    dvb, seg, bh, b, h = _program(H)
     offs_m = tl.arange(0, M_PAD)
     offs_d = tl.arange(0, D_PAD)
     offs_c = tl.arange(0, CHUNK)
@@ -315,8 +328,7 @@ def _output_kernel(
         # projection rows are re-read per chunk (L1/L2 hits) rather than pinned in registers
         p = tl.load(p_ptr + offs_m[:, None] * spm + offs_d[None, :] * spd, mask=m_ok[:, None] & d_ok[None, :],
                     other=0.0)
-        qq = tl.load(q_base + rows[:, None] * sqn + offs_d[None, :] * sqd, mask=r_ok[:, None] & d_ok[None, :],
-                     other=0.0)
+        qq = _load_rows(q_base, rows, r_ok, sqn, offs_d, d_ok, sqd)
         a, _, _ = _query_features(qq, p, logit_scale, norm_scale, inv_sqrt_m, eps, m_ok[None, :], SOFTMAX,
                                   DOT_PRECISION)
         if STATE_BF16:
@@ -325,10 +337,8 @@ def _output_kernel(
             num = tl.dot(a, state, input_precision=STATE_PRECISION)
         den = tl.sum(a * z[None, :], 1)
         if CAUSAL:
-            kk = tl.load(k_base + rows[:, None] * skn + offs_d[None, :] * skd, mask=r_ok[:, None] & d_ok[None, :],
-                         other=0.0)
-            vv = tl.load(v_base + rows[:, None] * svn + offs_v[None, :] * svd, mask=r_ok[:, None] & v_ok[None, :],
-                         other=0.0)
+            kk = _load_rows(k_base, rows, r_ok, skn, offs_d, d_ok, skd)
+            vv = _load_rows(v_base, rows, r_ok, svn, offs_v, v_ok, svd)
             valid = r_ok
             if HAS_KEEP:
                 valid = valid & (tl.load(keep_ptr + b * N + rows, mask=r_ok, other=0) != 0)
