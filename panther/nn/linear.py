@@ -156,12 +156,13 @@ class SKLinear_triton(SKLinear):
 
     Same signature, parameters, buffers and numbers as SKLinear (a state_dict moves
     between the two). On CUDA the forward runs Triton kernels (a split-K projection, then
-    a fused scale-and-bias expansion) where they measured faster than cuBLAS (at least
-    8192 rows and num_terms·low_rank ≤ 16, see ``ops.linear.triton_kernels.preferred``);
-    elsewhere, and on other devices, it runs SKLinear's two-GEMM op. When autograd
-    records the call (training) it runs SKLinear's op too: the Triton op's Python
-    autograd path measured up to 1.8x slower for forward+backward (BENCHMARKS.md), so the
-    Triton kernels serve inference.
+    a fused scale-and-bias expansion) where they measured faster than cuBLAS: under
+    torch.compile at least 8192 rows and num_terms·low_rank ≤ 16; eagerly only for
+    problems moving 2 GiB or more, because launching Triton kernels from Python costs
+    ~0.1 ms a call (see ``ops.linear.triton_kernels.preferred``). Elsewhere, and on other
+    devices, it runs SKLinear's two-GEMM op. When autograd records the call (training) it
+    runs SKLinear's op too: the Triton op's Python autograd path measured up to 1.8x slower
+    for forward+backward (BENCHMARKS.md), so the Triton kernels serve inference.
     """
 
     def __init__(self, *args, **kwargs) -> None:

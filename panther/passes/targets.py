@@ -47,7 +47,8 @@ DEFAULTS = {
     "sdpa": {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False},
 }
 
-PANTHER_OPS = ("sketched_linear", "sketched_linear_triton", "lowrank_linear", "sketched_conv2d",
+PANTHER_OPS = ("sketched_linear", "sketched_linear_triton", "lowrank_linear", "lowrank_linear_triton", "lowrank_expand",
+               "sketched_conv2d",
                "favor_attention", "favor_attention_triton")
 
 

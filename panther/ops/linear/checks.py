@@ -70,6 +70,12 @@ def check_lowrank(x, A, B) -> None:
     check_like(B, "B", x, "x")
 
 
+def check_expand(h, B) -> None:
+    check_dim(B, "B", 2)
+    check_input(h, B.shape[0], "B [r, out]")
+    check_like(B, "B", h, "h")
+
+
 def check_bias(bias, x: torch.Tensor, out_features: int) -> None:
     if bias is None:
         return

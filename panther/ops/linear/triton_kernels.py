@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .activation import check_activation
+
 # Largest total rank 2Lk the kernels keep in registers; larger ranks use the C++ op.
 MAX_RANK = 256
 _SHARED_MEMORY_BUDGET = 160 * 1024  # bytes; Hopper allows 227 KiB per block, leave headroom
@@ -85,13 +87,26 @@ def _prune(smem):
 
 
 @triton.jit
-def _factor_tile(ptr, offs_row, offs_col, k, stride_t, stride_i, stride_j, ROWS_ARE_RANK: tl.constexpr, mask):
-    """Loads a tile of a factor stored as [L, ., .], addressed by (rank index l*k + j, other index)."""
-    if ROWS_ARE_RANK:
-        rank, other = offs_row[:, None], offs_col[None, :]
-        return tl.load(ptr + (rank // k) * stride_t + (rank % k) * stride_i + other * stride_j, mask=mask, other=0.0)
-    other, rank = offs_row[:, None], offs_col[None, :]
-    return tl.load(ptr + (rank // k) * stride_t + other * stride_i + (rank % k) * stride_j, mask=mask, other=0.0)
+def _rank_offsets(offs_r, k, stride_term, stride_rank):
+    """Element offsets of rank indices l*k + j in a factor stored as [L, ., .] with the rank
+    index j along ``stride_rank``. Computed once per program: the integer division by the
+    runtime k is too costly to repeat for every tile element."""
+    return (offs_r // k) * stride_term + (offs_r % k) * stride_rank
+
+
+@triton.jit
+def _activate(out, ACTIVATION: tl.constexpr):
+    """The epilogue activation on float32 values (ACTIVATIONS gives the codes)."""
+    if ACTIVATION == 1:  # relu
+        out = tl.maximum(out, 0.0)
+    elif ACTIVATION == 2:  # gelu, exact (erf)
+        out = 0.5 * out * (1.0 + tl.math.erf(out * 0.7071067811865476))
+    elif ACTIVATION == 3:  # gelu, tanh approximation: tanh(u) = 2 sigmoid(2u) - 1
+        u = 0.7978845608028654 * (out + 0.044715 * out * out * out)
+        out = out * tl.sigmoid(2.0 * u)
+    elif ACTIVATION == 4:  # silu
+        out = out * tl.sigmoid(out)
+    return out
 
 
 @triton.autotune(configs=_tuned(PROJECT_CONFIGS, project_smem), key=["M_BUCKET", "K", "BLOCK_R", "SPLIT", "ELEMENT_SIZE"],
@@ -99,7 +114,7 @@ def _factor_tile(ptr, offs_row, offs_col, k, stride_t, stride_i, stride_j, ROWS_
 @triton.jit
 def _project_kernel(
     x_ptr, p_ptr, q_ptr, part_ptr,
-    M, K, RANK, k, k_per_split, M_BUCKET,
+    M, K, RANK, RANK_Q, k, k_per_split, M_BUCKET,
     stride_xm, stride_xk, p_st, p_si, p_sj, q_st, q_si, q_sj,
     SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -110,8 +125,11 @@ def _project_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_r = tl.arange(0, BLOCK_R)
     mask_m = offs_m < M
-    mask_r = offs_r < RANK
+    mask_p = offs_r < RANK
+    mask_q = offs_r < RANK_Q
     rows = offs_m.to(tl.int64)  # x may hold more than 2**31 elements
+    p_cols = _rank_offsets(offs_r, k, p_st, p_sj)
+    q_cols = _rank_offsets(offs_r, k, q_st, q_sj)
     acc_p = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     acc_q = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     k_begin = pid_s * k_per_split
@@ -120,9 +138,8 @@ def _project_kernel(
         mask_k = offs_k < K
         x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        mask_kr = mask_k[:, None] & mask_r[None, :]
-        p = _factor_tile(p_ptr, offs_k, offs_r, k, p_st, p_si, p_sj, False, mask_kr)
-        q = _factor_tile(q_ptr, offs_k, offs_r, k, q_st, q_si, q_sj, False, mask_kr)
+        p = tl.load(p_ptr + offs_k[:, None] * p_si + p_cols[None, :], mask=mask_k[:, None] & mask_p[None, :], other=0.0)
+        q = tl.load(q_ptr + offs_k[:, None] * q_si + q_cols[None, :], mask=mask_k[:, None] & mask_q[None, :], other=0.0)
         acc_p = tl.dot(x, p, acc_p, input_precision=DOT_PRECISION)
         acc_q = tl.dot(x, q, acc_q, input_precision=DOT_PRECISION)
     # partials [SPLIT, M, 2, BLOCK_R] float32
@@ -131,43 +148,51 @@ def _project_kernel(
     tl.store(base + BLOCK_R, acc_q, mask=mask_m[:, None])
 
 
-@triton.autotune(configs=_tuned(EXPAND_CONFIGS, expand_smem), key=["M_BUCKET", "N", "BLOCK_R", "SPLIT", "HAS_BIAS", "ELEMENT_SIZE"],
+@triton.autotune(configs=_tuned(EXPAND_CONFIGS, expand_smem),
+                 key=["M_BUCKET", "N", "BLOCK_R", "SPLIT", "HAS_BIAS", "ELEMENT_SIZE", "ACTIVATION"],
                  prune_configs_by={"early_config_prune": _prune(expand_smem)})
 @triton.jit
 def _expand_kernel(
-    part_ptr, u_ptr, v_ptr, bias_ptr, y_ptr,
-    M, N, RANK, k, M_BUCKET, alpha,
+    h_ptr, u_ptr, v_ptr, bias_ptr, y_ptr,
+    M, N, RANK, RANK_Q, k, M_BUCKET, alpha, stride_hs, stride_hm, stride_hr, h_q_offset,
     u_st, u_si, u_sj, v_st, v_si, v_sj, stride_ym, stride_yn,
-    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, ELEMENT_SIZE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_TILES: tl.constexpr,
+    SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_R: tl.constexpr,
+    ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, N_TILES: tl.constexpr,
 ):
-    # y = alpha * (h_p U + h_q V) + b for one row block and N_TILES column tiles.
+    # y = act(alpha * (h_p U + h_q V) + b) for one row block and N_TILES column tiles.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_r = tl.arange(0, BLOCK_R)
     mask_m = offs_m < M
-    mask_r = offs_r < RANK
+    mask_u = offs_r < RANK
+    mask_v = offs_r < RANK_Q
     rows = offs_m.to(tl.int64)  # y may hold more than 2**31 elements
+    u_rows = _rank_offsets(offs_r, k, u_st, u_si)
+    v_rows = _rank_offsets(offs_r, k, v_st, v_si)
     h_p = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     h_q = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    base = part_ptr + rows[:, None] * 2 * BLOCK_R + offs_r[None, :]
+    # h is either the projection's float32 partials [SPLIT, M, 2, BLOCK_R] or a given [M, r]
+    # matrix (SPLIT = 1, any strides and dtype); its second half starts h_q_offset further.
+    base = h_ptr + rows[:, None] * stride_hm + offs_r[None, :] * stride_hr
     for s in range(SPLIT):
-        h_p += tl.load(base + s * M * 2 * BLOCK_R, mask=mask_m[:, None], other=0.0)
-        h_q += tl.load(base + s * M * 2 * BLOCK_R + BLOCK_R, mask=mask_m[:, None], other=0.0)
+        h_p += tl.load(base + s * stride_hs, mask=mask_m[:, None] & mask_u[None, :], other=0.0).to(tl.float32)
+        h_q += tl.load(base + s * stride_hs + h_q_offset, mask=mask_m[:, None] & mask_v[None, :],
+                       other=0.0).to(tl.float32)
     # (Inductor passes alpha as a float64 scalar; the products are rounded to the input dtype here.)
     h_p = (h_p * alpha).to(y_ptr.dtype.element_ty)
     h_q = (h_q * alpha).to(y_ptr.dtype.element_ty)
     for t in range(N_TILES):
         offs_n = (pid_n * N_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        mask_rn = mask_r[:, None] & mask_n[None, :]
-        u = _factor_tile(u_ptr, offs_r, offs_n, k, u_st, u_si, u_sj, True, mask_rn)
-        v = _factor_tile(v_ptr, offs_r, offs_n, k, v_st, v_si, v_sj, True, mask_rn)
+        u = tl.load(u_ptr + u_rows[:, None] + offs_n[None, :] * u_sj, mask=mask_u[:, None] & mask_n[None, :], other=0.0)
+        v = tl.load(v_ptr + v_rows[:, None] + offs_n[None, :] * v_sj, mask=mask_v[:, None] & mask_n[None, :], other=0.0)
         out = tl.dot(h_p, u, input_precision=DOT_PRECISION)
         out = tl.dot(h_q, v, out, input_precision=DOT_PRECISION)
         if HAS_BIAS:
             out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        out = _activate(out, ACTIVATION)
         # y is written once and never read here: streaming stores (evict first) keep the
         # factors and partials in L2.
         tl.store(y_ptr + rows[:, None] * stride_ym + offs_n[None, :] * stride_yn,
@@ -184,14 +209,24 @@ def block_r(rank: int) -> int:
     return max(16, triton.next_power_of_2(rank))
 
 
-def preferred(M: int, rank: int, dtype: torch.dtype) -> bool:
-    """Whether the Triton kernels beat the C++ op's two cuBLAS GEMMs here.
+# Host time of one eager call of a Triton linear op (two autotuned launches through
+# triton_op): 0.10-0.15 ms on the H200 machines (torch 2.11, Triton 3.6), against 0.05 ms for
+# the C++ op. Eagerly, the kernels win only where the GPU time is well above it.
+EAGER_MIN_BYTES = 1 << 31
 
-    Measured on an H200 (BENCHMARKS.md): they win by 3-6% for L*k <= 16 at M >= 8192
-    rows and lose elsewhere: launch overhead dominates at small M, and at larger ranks
-    cuBLAS's tensor-core tiles beat the two register-resident products.
+
+def preferred(M: int, rank: int, dtype: torch.dtype, *, n_in: int, n_out: int, compiled: bool) -> bool:
+    """Whether the Triton kernels beat the C++ op (cuBLAS) for M rows, ``rank`` per half
+    (L*k for SKLinear), ``n_in`` -> ``n_out`` features (n_in = 0: the expansion alone).
+
+    Measured on an H200 (BENCHMARKS.md): under torch.compile (no Python launch cost) the
+    kernels win for L*k <= 16 at M >= 8192 rows; launch costs dominate at small M, and at larger ranks
+    cuBLAS's tensor-core tiles beat the two register-resident products. Eagerly the Python
+    launch cost comes on top, so they run only for problems moving EAGER_MIN_BYTES or more.
     """
-    return M >= 8192 and rank <= 16 and supported(rank, dtype)
+    if not supported(rank, dtype) or M < 8192 or rank > 16:
+        return False
+    return compiled or M * (n_in + n_out) * torch.empty((), dtype=dtype).element_size() >= EAGER_MIN_BYTES
 
 
 @functools.lru_cache(maxsize=None)
@@ -221,6 +256,19 @@ def _strides(t: torch.Tensor):
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _rank_halves(B):
+    """[U; V] = B [r, out] as one-term [1, ., .] factors (views), U with ceil(r/2) ranks: the
+    kernels' two products then serve any rank r."""
+    half = (B.shape[0] + 1) // 2
+    return (B[:half].unsqueeze(0), B[half:].unsqueeze(0)), half
+
+
+def _halves(A, B):
+    """[P | Q] = A [in, r] and [U; V] = B [r, out], split as by ``_rank_halves``."""
+    UV, half = _rank_halves(B)
+    return (A[:, :half].unsqueeze(0), A[:, half:].unsqueeze(0)), UV, half
+
+
 def sketched_forward(x2, S1s, S2s, U1s, U2s, bias, launch=lambda kernel: kernel, configs=None):
     """y = 1/(2L) * (x2 [S1 | U2]) [U1; S2] + bias for 2-D x2 [M, in] and the [L, ., .] factors.
 
@@ -228,31 +276,69 @@ def sketched_forward(x2, S1s, S2s, U1s, U2s, bias, launch=lambda kernel: kernel,
     triton_op, so torch.compile sees the kernels). ``configs`` = (project, expand)
     triton.Configs bypasses autotuning, for tests of every config.
     """
-    M, K = x2.shape
     L, k, N = U1s.shape
-    rank = L * k
-    if not supported(rank, x2.dtype):
-        raise ValueError(f"sketched_forward: total rank 2Lk = {2 * rank} in {x2.dtype} does not fit the Triton "
-                         f"kernels (at most {MAX_RANK}); use torch.ops.panther.sketched_linear")
-    y = x2.new_empty((M, N))
+    return _two_gemm(x2, (S1s, U2s), (U1s, S2s), k, L * k, L * k, N, 1.0 / (2 * L), bias, "none", launch, configs)
+
+
+def lowrank_forward(x2, A, B, bias, activation: str = "none", launch=lambda kernel: kernel, configs=None):
+    """y = act(x2 A B + bias) for 2-D x2 [M, in], A [in, r], B [r, out] (factors read in place)."""
+    PQ, UV, half = _halves(A, B)
+    return _two_gemm(x2, PQ, UV, half, half, A.shape[1] - half, B.shape[1], 1.0, bias, activation, launch, configs)
+
+
+def lowrank_expand(h, B, bias, activation: str = "none", launch=lambda kernel: kernel, config=None):
+    """y = act(h B + bias) for 2-D h [M, r] (any strides: e.g. a slice of a shared projection)
+    and B [r, out]: the expansion kernel alone, h rounded to B's dtype first."""
+    (U, V), half = _rank_halves(B)
+    y = _output(h, B.shape[1], half, B.dtype)
+    if h.shape[0]:
+        rank_q = B.shape[0] - half
+        _launch_expand(launch, config, h, (h.stride(0), h.stride(1), half * h.stride(1)), 1, U, V, half, half,
+                       rank_q, 1.0, bias, activation, y)
+    return y
+
+
+def _output(a, N, rank, dtype):
+    if not supported(rank, dtype):
+        raise ValueError(f"rank {rank} per half in {dtype} does not fit the Triton kernels "
+                         f"(total rank at most {MAX_RANK}); use the C++ op")
+    return a.new_empty((a.shape[0], N), dtype=dtype)
+
+
+def _meta(config) -> dict:
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def _launch_expand(launch, config, h, h_strides, split, U, V, k, rank, rank_q, alpha, bias, activation, y):
+    """y = act(alpha * (h_p U + h_q V) + bias); h_strides = (row, rank, offset of the second half),
+    summed over ``split`` slices M*2*BLOCK_R apart (the projection's partials)."""
+    M, N = y.shape
+    br = block_r(rank)
+    kernel, meta = (_expand_kernel, {}) if config is None else (_expand_kernel.fn, _meta(config))
+    launch(kernel)[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"] * meta["N_TILES"]))](
+        h, U, V, bias if bias is not None else y, y, M, N, rank, rank_q, k, triton.next_power_of_2(M), alpha,
+        M * 2 * br, *h_strides, *_strides(U), *_strides(V), y.stride(0), y.stride(1),
+        SPLIT=split, HAS_BIAS=bias is not None, ACTIVATION=check_activation(activation), BLOCK_R=br,
+        ELEMENT_SIZE=y.element_size(), DOT_PRECISION=_dot_precision(y.dtype), **meta,
+    )
+
+
+def _two_gemm(x2, PQ, UV, k, rank, rank_q, N, alpha, bias, activation, launch, configs):
+    M, K = x2.shape
+    check_activation(activation)
+    y = _output(x2, N, rank, x2.dtype)
     if M == 0:
         return y
     br, split = block_r(rank), num_splits(M, K, x2.device)
     partials = x2.new_empty((split, M, 2, br), dtype=torch.float32)
-    common = dict(BLOCK_R=br, ELEMENT_SIZE=x2.element_size(), SPLIT=split, DOT_PRECISION=_dot_precision(x2.dtype))
-    m_bucket = triton.next_power_of_2(M)
-    project, expand, meta_p, meta_e = _project_kernel, _expand_kernel, {}, {}
-    if configs is not None:
-        project, expand = _project_kernel.fn, _expand_kernel.fn
-        meta_p, meta_e = ({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages} for c in configs)
+    project, meta_p = (_project_kernel, {}) if configs is None else (_project_kernel.fn, _meta(configs[0]))
     k_per_split = triton.cdiv(triton.cdiv(K, split), 256) * 256  # whole BLOCK_K steps per slice
-
+    (P, Q), (U, V) = PQ, UV
     launch(project)[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), split)](
-        x2, S1s, U2s, partials, M, K, rank, k, k_per_split, m_bucket,
-        x2.stride(0), x2.stride(1), *_strides(S1s), *_strides(U2s), **common, **meta_p,
+        x2, P, Q, partials, M, K, rank, rank_q, k, k_per_split, triton.next_power_of_2(M),
+        x2.stride(0), x2.stride(1), *_strides(P), *_strides(Q),
+        BLOCK_R=br, ELEMENT_SIZE=x2.element_size(), SPLIT=split, DOT_PRECISION=_dot_precision(x2.dtype), **meta_p,
     )
-    launch(expand)[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"] * meta["N_TILES"]))](
-        partials, U1s, S2s, bias if bias is not None else y, y, M, N, rank, k, m_bucket, 1.0 / (2 * L),
-        *_strides(U1s), *_strides(S2s), y.stride(0), y.stride(1), HAS_BIAS=bias is not None, **common, **meta_e,
-    )
+    _launch_expand(launch, None if configs is None else configs[1], partials, (2 * br, 1, br), split, U, V, k, rank,
+                   rank_q, alpha, bias, activation, y)
     return y

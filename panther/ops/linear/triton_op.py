@@ -1,27 +1,51 @@
-"""torch.ops.panther.sketched_linear_triton: SKLinear with Triton kernels on CUDA.
+"""Linear ops with Triton kernels on CUDA (triton_kernels.py), entered through
+torch.library.triton_op so that torch.compile sees the kernels.
 
-Same math, schema and gradients as torch.ops.panther.sketched_linear. On CUDA, where
-``triton_kernels.preferred`` says they win (many rows, small rank: measured), it runs the
-two Triton kernels of triton_kernels.py (split-K projection, then a fused scale + bias
-expansion, reading the factors in place); elsewhere, and on every other device (CPU in
-CI), it runs the two-GEMM C++ op inside the same op. The backward
-is the C++ backward op (cuBLAS GEMMs) for both. Entering through
-torch.library.triton_op lets Inductor see the kernels under torch.compile.
+torch.ops.panther.sketched_linear_triton(x, S1s, S2s, U1s, U2s, bias=None)
+    SKLinear: same math, schema and gradients as torch.ops.panther.sketched_linear.
+torch.ops.panther.lowrank_linear_triton(x, A, B, bias=None, activation="none")
+    act(x A B + bias), the activation fused into the expansion's epilogue.
+torch.ops.panther.lowrank_expand(h, B, bias=None, activation="none")
+    act(h B + bias) for a thin h [..., r] (r <= 256), e.g. one slice of a projection
+    shared by several linears: the expansion kernel alone.
+
+On CUDA each op runs its Triton kernels where ``triton_kernels.preferred`` says they win
+(measured); elsewhere, and on every other device (CPU in CI), the same op runs the C++
+two-GEMM op (plus the PyTorch activation) inside it. Backwards run the C++ backward
+ops / cuBLAS, recomputing the pre-activation when there is one.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .._triton import triton_available
 from . import checks
+from .activation import activate, activation_backward, check_activation
 from .op import setup_sketched, sketched_linear_backward
 
-from .._triton import triton_available
+sketched_linear_triton = lowrank_linear_triton = lowrank_expand = None
+_ops = torch.ops.panther
 
-sketched_linear_triton = None
+
+def _compiling(x: torch.Tensor) -> bool:
+    """Whether the op body is being traced (torch.compile / export) rather than run eagerly."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return torch.compiler.is_compiling() or is_fake(x)
+
+
+def _with_defaults(inputs, required: int, defaults: tuple):
+    """The op's inputs with the trailing optional ones (bias, activation) filled in."""
+    return (*inputs, *defaults[len(inputs) - required:])
+
 
 if triton_available:
     from . import triton_kernels
+
+    def _use_triton(x, rows, rank, n_in, n_out) -> bool:
+        return x.device.type == "cuda" and triton_kernels.preferred(
+            rows, rank, x.dtype, n_in=n_in, n_out=n_out, compiled=_compiling(x))
 
     @torch.library.triton_op("panther::sketched_linear_triton", mutates_args=())
     def sketched_linear_triton(
@@ -36,10 +60,71 @@ if triton_available:
         checks.check_bias(bias, x, d_out)
         # The body runs for every device: eagerly, and when torch.compile decomposes the
         # op into it. Other devices, and shapes where cuBLAS wins, take the C++ op.
-        if x.device.type != "cuda" or not triton_kernels.preferred(x.numel() // d_in, L * k, x.dtype):
-            return torch.ops.panther.sketched_linear(x, S1s, S2s, U1s, U2s, bias)
+        if not _use_triton(x, x.numel() // d_in, L * k, d_in, d_out):
+            return _ops.sketched_linear(x, S1s, S2s, U1s, U2s, bias)
         y = triton_kernels.sketched_forward(x.reshape(-1, d_in), S1s, S2s, U1s, U2s, bias,
                                             launch=torch.library.wrap_triton)
         return y.view(*x.shape[:-1], d_out)
 
     sketched_linear_triton.register_autograd(sketched_linear_backward, setup_context=setup_sketched)
+
+    @torch.library.triton_op("panther::lowrank_linear_triton", mutates_args=())
+    def lowrank_linear_triton(
+        x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None = None,
+        activation: str = "none",
+    ) -> torch.Tensor:
+        checks.check_lowrank(x, A, B)
+        d_in, r, d_out = A.shape[0], A.shape[1], B.shape[1]
+        checks.check_bias(bias, x, d_out)
+        check_activation(activation)
+        if not _use_triton(x, x.numel() // max(d_in, 1), (r + 1) // 2, d_in, d_out):
+            return activate(_ops.lowrank_linear(x, A, B, bias), activation)
+        y = triton_kernels.lowrank_forward(x.reshape(-1, d_in), A, B, bias, activation,
+                                           launch=torch.library.wrap_triton)
+        return y.view(*x.shape[:-1], d_out)
+
+    def _setup_lowrank(ctx, inputs, output):
+        x, A, B, bias, activation = _with_defaults(inputs, 3, (None, "none"))
+        ctx.save_for_backward(x, A, B, bias)
+        ctx.activation = activation
+
+    def _lowrank_backward(ctx, grad):
+        x, A, B, bias = ctx.saved_tensors
+        if ctx.activation != "none":  # the pre-activation, recomputed
+            grad = activation_backward(grad, _ops.lowrank_linear(x, A, B, bias), ctx.activation)
+        needs = ctx.needs_input_grad
+        mask = [bool(needs[0]), bool(needs[1]), bool(needs[2]), bias is not None and bool(needs[3])]
+        return (*_ops.lowrank_linear_backward(grad, x, A, B, mask), None)
+
+    lowrank_linear_triton.register_autograd(_lowrank_backward, setup_context=_setup_lowrank)
+
+    @torch.library.triton_op("panther::lowrank_expand", mutates_args=())
+    def lowrank_expand(
+        h: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "none",
+    ) -> torch.Tensor:
+        checks.check_expand(h, B)
+        r, d_out = B.shape
+        checks.check_bias(bias, h, d_out)
+        check_activation(activation)
+        if not _use_triton(h, h.numel() // max(r, 1), (r + 1) // 2, 0, d_out):
+            return activate(torch.nn.functional.linear(h, B.t(), bias), activation)
+        y = triton_kernels.lowrank_expand(h.reshape(-1, r), B, bias, activation, launch=torch.library.wrap_triton)
+        return y.view(*h.shape[:-1], d_out)
+
+    def _setup_expand(ctx, inputs, output):
+        h, B, bias, activation = _with_defaults(inputs, 2, (None, "none"))
+        ctx.save_for_backward(h, B, bias)
+        ctx.activation = activation
+
+    def _expand_backward(ctx, grad):
+        h, B, bias = ctx.saved_tensors
+        if ctx.activation != "none":
+            grad = activation_backward(grad, torch.nn.functional.linear(h, B.t(), bias), ctx.activation)
+        needs = ctx.needs_input_grad
+        g2, h2 = grad.reshape(-1, grad.shape[-1]), h.reshape(-1, h.shape[-1])
+        dh = (grad @ B.t()) if needs[0] else None
+        dB = (h2.t() @ g2) if needs[1] else None
+        dbias = g2.sum(0) if bias is not None and needs[2] else None
+        return dh, dB, dbias, None
+
+    lowrank_expand.register_autograd(_expand_backward, setup_context=_setup_expand)
