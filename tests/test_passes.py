@@ -178,7 +178,9 @@ def test_fusion_shares_one_product_and_matches_unfused():
     torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
     aten = torch.ops.aten
     t_fused, t_unfused = targets_of(cap.graphs[0]), targets_of(cap2.graphs[0])
-    assert t_fused.count(aten.matmul.default) == 1  # x·[A_q A_k A_v]
+    assert t_fused.count(aten.mm.default) == 1  # x·[A_q A_k A_v], on the rows of x
+    assert t_fused.count(aten.addmm.default) == 3  # each expansion on a strided 2-D slice, bias in the GEMM
+    assert aten.linear.default not in t_fused and aten.matmul.default not in t_fused
     assert t_fused.count(torch.ops.panther.lowrank_linear.default) == 1  # o reads another input
     assert t_unfused.count(torch.ops.panther.lowrank_linear.default) == 4
 
