@@ -220,6 +220,7 @@ def full_rank_conv():
 
 
 def test_tuner_picks_asvd_for_a_conv_where_it_beats_svd():
+    pytest.importorskip("optuna")
     model = full_rank_conv()
     cal, held = [correlated_images(4, 1), correlated_images(4, 2)], [correlated_images(4, 3)]
     result = tune_module(model, cal, holdout=held, max_error=0.05, trials=4)
@@ -236,6 +237,7 @@ def test_tuner_picks_asvd_for_a_conv_where_it_beats_svd():
 
 
 def test_backend_tune_records_conv_asvd_and_sketch_model_agrees(tmp_path):
+    pytest.importorskip("optuna")
     model = full_rank_conv()
     x = correlated_images(4, 5)
     cal = [(correlated_images(4, 1),), (correlated_images(4, 2),)]

@@ -9,6 +9,8 @@ from ..results import Machine
 from ..rows import groups, ratio, where
 from ..spec import Area, Bench, Need, any_field
 
+EAGER_MIN_BYTES = 1 << 31  # panther.ops.linear.triton_kernels.EAGER_MIN_BYTES (no torch import here)
+
 COLUMNS = [(k, k) for k in ("tokens", "in", "out", "L", "k", "mode", "dense_ms", "4L_products_ms", "sk_ms",
                             "triton_ms", "floor_ms", "sk_x_floor", "sk_speedup", "triton_speedup")]
 LARGE_RANK = 128  # L·k from which the two GEMMs are no longer skinny
@@ -20,8 +22,11 @@ def _lk(row: dict) -> int | None:
 
 
 def _triton_kernels(row: dict) -> bool:
-    """Where ``triton_kernels.preferred`` picks the Triton kernels: ≥ 8192 rows and L·k ≤ 16."""
-    return (row.get("tokens") or 0) >= 8192 and (_lk(row) or LARGE_RANK) <= 16
+    """Where ``triton_kernels.preferred`` picks the Triton kernels for an eager call (the benchmark's):
+    ≥ 8192 rows, L·k ≤ 16, and x plus y moving at least EAGER_MIN_BYTES."""
+    tokens, size = row.get("tokens") or 0, 4 if row.get("dtype") == "float32" else 2
+    moved = tokens * ((row.get("in") or 0) + (row.get("out") or 0)) * size
+    return tokens >= 8192 and (_lk(row) or LARGE_RANK) <= 16 and moved >= EAGER_MIN_BYTES
 
 
 def _rows(machine: Machine) -> list[dict]:
@@ -53,6 +58,8 @@ def _triton_fwd(fwd: list[dict]) -> str:
     """Triton forward vs the C++ op, where its kernels run (≥ 8192 rows, L·k ≤ 16) and elsewhere."""
     kernels = [ratio(r.get("sk_ms"), r.get("triton_ms")) for r in fwd if _triton_kernels(r)]
     other = [ratio(r.get("sk_ms"), r.get("triton_ms")) for r in fwd if not _triton_kernels(r)]
+    if not kernels:
+        return f"no row here is large enough for its kernels to run eagerly; elsewhere (the C++ op) {fmt.faster(other)}"
     return f"{fmt.faster(kernels)} where its kernels run, {fmt.faster(other)} elsewhere (the C++ op)"
 
 
@@ -61,7 +68,8 @@ def _triton_train(rows: list[dict]) -> str:
     slow = [ratio(r.get("triton_ms"), r.get("sk_ms")) for r in where(rows, mode="fwd+bwd") if _triton_kernels(r)]
     slow = [s for s in slow if s is not None]
     if not slow:
-        return "No `triton` fwd+bwd timings where its kernels run in this run."
+        return ("No row here runs the Triton kernels eagerly, and `SKLinear_triton` runs the C++ op "
+                "whenever autograd records the call: its fwd+bwd column is the C++ op's.")
     median = statistics.median(slow)
     where_ = "median over the rows where its kernels run"
     if median > 1.1:

@@ -224,7 +224,9 @@ def preferred(M: int, rank: int, dtype: torch.dtype, *, n_in: int, n_out: int, c
     cuBLAS's tensor-core tiles beat the two register-resident products. Eagerly the Python
     launch cost comes on top, so they run only for problems moving EAGER_MIN_BYTES or more.
     """
-    if not supported(rank, dtype) or M < 8192 or rank > 16:
+    # Sizes may be SymInts when traced with dynamic shapes: compare first (a guard), then
+    # hand ``supported`` (cached) a plain int.
+    if M < 8192 or rank > 16 or not supported(int(rank), dtype):
         return False
     return compiled or M * (n_in + n_out) * torch.empty((), dtype=dtype).element_size() >= EAGER_MIN_BYTES
 
