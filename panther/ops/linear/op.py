@@ -86,11 +86,16 @@ def sketched_linear_backward(ctx, grad):
     return dx, dS1s, dS2s, None, None, dbias
 
 
+def lowrank_linear_grads(ctx, grad, x, A, B, has_bias: bool):
+    """Gradients of (x A) B + bias for the inputs (x, A, B, bias) whose ``ctx.needs_input_grad`` is set."""
+    mask = _mask(ctx, 0, 1, 2, 3)
+    mask[3] = mask[3] and has_bias
+    return _ops.lowrank_linear_backward(grad, x, A, B, mask)
+
+
 def _lowrank_linear_backward(ctx, grad):
     x, A, B = ctx.saved_tensors
-    mask = _mask(ctx, 0, 1, 2, 3)
-    mask[3] = mask[3] and ctx.has_bias
-    return _ops.lowrank_linear_backward(grad, x, A, B, mask)
+    return lowrank_linear_grads(ctx, grad, x, A, B, ctx.has_bias)
 
 
 torch.library.register_autograd("panther::sketched_linear", sketched_linear_backward, setup_context=setup_sketched)

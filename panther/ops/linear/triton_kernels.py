@@ -228,13 +228,13 @@ def preferred(M: int, rank: int, dtype: torch.dtype, *, n_in: int, n_out: int, c
     # hand ``supported`` (cached) a plain int.
     if M < 8192 or rank > 16 or not supported(int(rank), dtype):
         return False
-    return compiled or M * (n_in + n_out) * torch.empty((), dtype=dtype).element_size() >= EAGER_MIN_BYTES
+    return compiled or M * (n_in + n_out) * dtype.itemsize >= EAGER_MIN_BYTES
 
 
 @functools.lru_cache(maxsize=None)
 def supported(rank: int, dtype: torch.dtype) -> bool:
     """Whether both kernels have a config whose tiles fit this rank (= L*k) and dtype."""
-    size, br = torch.empty((), dtype=dtype).element_size(), block_r(rank)
+    size, br = dtype.itemsize, block_r(rank)
     return (2 * rank <= MAX_RANK
             and any(project_smem(c, size, br) <= _SHARED_MEMORY_BUDGET for c in PROJECT_CONFIGS)
             and any(expand_smem(c, size, br) <= _SHARED_MEMORY_BUDGET for c in EXPAND_CONFIGS))
@@ -291,12 +291,13 @@ def lowrank_forward(x2, A, B, bias, activation: str = "none", launch=lambda kern
 def lowrank_expand(h, B, bias, activation: str = "none", launch=lambda kernel: kernel, config=None):
     """y = act(h B + bias) for 2-D h [M, r] (any strides: e.g. a slice of a shared projection)
     and B [r, out]: the expansion kernel alone, h rounded to B's dtype first."""
+    code = check_activation(activation)
     (U, V), half = _rank_halves(B)
     y = _output(h, B.shape[1], half, B.dtype)
     if h.shape[0]:
         rank_q = B.shape[0] - half
         _launch_expand(launch, config, h, (h.stride(0), h.stride(1), half * h.stride(1)), 1, U, V, half, half,
-                       rank_q, 1.0, bias, activation, y)
+                       rank_q, 1.0, bias, code, y)
     return y
 
 
@@ -311,8 +312,8 @@ def _meta(config) -> dict:
     return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
-def _launch_expand(launch, config, h, h_strides, split, U, V, k, rank, rank_q, alpha, bias, activation, y):
-    """y = act(alpha * (h_p U + h_q V) + bias); h_strides = (row, rank, offset of the second half),
+def _launch_expand(launch, config, h, h_strides, split, U, V, k, rank, rank_q, alpha, bias, activation_code, y):
+    """y = act(alpha * (h_p U + h_q V) + bias), act by its kernel code; h_strides = (row, rank, offset of the second half),
     summed over ``split`` slices M*2*BLOCK_R apart (the projection's partials)."""
     M, N = y.shape
     br = block_r(rank)
@@ -320,14 +321,14 @@ def _launch_expand(launch, config, h, h_strides, split, U, V, k, rank, rank_q, a
     launch(kernel)[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"] * meta["N_TILES"]))](
         h, U, V, bias if bias is not None else y, y, M, N, rank, rank_q, k, triton.next_power_of_2(M), alpha,
         M * 2 * br, *h_strides, *_strides(U), *_strides(V), y.stride(0), y.stride(1),
-        SPLIT=split, HAS_BIAS=bias is not None, ACTIVATION=check_activation(activation), BLOCK_R=br,
+        SPLIT=split, HAS_BIAS=bias is not None, ACTIVATION=activation_code, BLOCK_R=br,
         ELEMENT_SIZE=y.element_size(), DOT_PRECISION=_dot_precision(y.dtype), **meta,
     )
 
 
 def _two_gemm(x2, PQ, UV, k, rank, rank_q, N, alpha, bias, activation, launch, configs):
     M, K = x2.shape
-    check_activation(activation)
+    code = check_activation(activation)
     y = _output(x2, N, rank, x2.dtype)
     if M == 0:
         return y
@@ -342,5 +343,5 @@ def _two_gemm(x2, PQ, UV, k, rank, rank_q, N, alpha, bias, activation, launch, c
         BLOCK_R=br, ELEMENT_SIZE=x2.element_size(), SPLIT=split, DOT_PRECISION=_dot_precision(x2.dtype), **meta_p,
     )
     _launch_expand(launch, None if configs is None else configs[1], partials, (2 * br, 1, br), split, U, V, k, rank,
-                   rank_q, alpha, bias, activation, y)
+                   rank_q, alpha, bias, code, y)
     return y

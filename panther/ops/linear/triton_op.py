@@ -22,7 +22,7 @@ import torch
 from .._triton import triton_available
 from . import checks
 from .activation import activate, activation_backward, check_activation
-from .op import setup_sketched, sketched_linear_backward
+from .op import lowrank_linear_grads, setup_sketched, sketched_linear_backward
 
 sketched_linear_triton = lowrank_linear_triton = lowrank_expand = None
 _ops = torch.ops.panther
@@ -38,6 +38,15 @@ def _compiling(x: torch.Tensor) -> bool:
 def _with_defaults(inputs, required: int, defaults: tuple):
     """The op's inputs with the trailing optional ones (bias, activation) filled in."""
     return (*inputs, *defaults[len(inputs) - required:])
+
+
+def _expand_rows(h: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """h B + bias computed on the rows of h (a view where h's leading dims merge, e.g. a column
+    slice): a ``linear`` on a non-contiguous 3-D h decomposes into a batched matmul plus a
+    separate bias pass under torch.compile."""
+    rows = h.reshape(-1, B.shape[0])
+    y = torch.addmm(bias, rows, B) if bias is not None else rows @ B
+    return y.view(*h.shape[:-1], B.shape[1])
 
 
 if triton_available:
@@ -92,9 +101,7 @@ if triton_available:
         x, A, B, bias = ctx.saved_tensors
         if ctx.activation != "none":  # the pre-activation, recomputed
             grad = activation_backward(grad, _ops.lowrank_linear(x, A, B, bias), ctx.activation)
-        needs = ctx.needs_input_grad
-        mask = [bool(needs[0]), bool(needs[1]), bool(needs[2]), bias is not None and bool(needs[3])]
-        return (*_ops.lowrank_linear_backward(grad, x, A, B, mask), None)
+        return (*lowrank_linear_grads(ctx, grad, x, A, B, bias is not None), None)
 
     lowrank_linear_triton.register_autograd(_lowrank_backward, setup_context=_setup_lowrank)
 
@@ -107,7 +114,7 @@ if triton_available:
         checks.check_bias(bias, h, d_out)
         check_activation(activation)
         if not _use_triton(h, h.numel() // max(r, 1), (r + 1) // 2, 0, d_out):
-            return activate(torch.nn.functional.linear(h, B.t(), bias), activation)
+            return activate(_expand_rows(h, B, bias), activation)
         y = triton_kernels.lowrank_expand(h.reshape(-1, r), B, bias, activation, launch=torch.library.wrap_triton)
         return y.view(*h.shape[:-1], d_out)
 
@@ -119,7 +126,7 @@ if triton_available:
     def _expand_backward(ctx, grad):
         h, B, bias = ctx.saved_tensors
         if ctx.activation != "none":
-            grad = activation_backward(grad, torch.nn.functional.linear(h, B.t(), bias), ctx.activation)
+            grad = activation_backward(grad, _expand_rows(h, B, bias), ctx.activation)
         needs = ctx.needs_input_grad
         g2, h2 = grad.reshape(-1, grad.shape[-1]), h.reshape(-1, h.shape[-1])
         dh = (grad @ B.t()) if needs[0] else None
