@@ -116,7 +116,7 @@ def jobs(every: bool):
             yield what, tb._dkv_kernel, c, dtype, dict(base, HAS_KEEP=keep, CAUSAL=causal, BDV=64, **derived)
         if causal:
             for c in pick(tk.GPU_WALK_CONFIGS):
-                yield what, tk._walk_kernel, c, dtype, dict(base, HAS_KEEP=keep, STATE_LEN=tk.GPU_STATE_LEN,
+                yield what, tk._walk_kernel, c, dtype, dict(base, HAS_KEEP=keep, MASK_F=False, STATE_LEN=tk.GPU_STATE_LEN,
                                                             TOTALS=True)
         else:
             for c in pick(tk.GPU_STATE_CONFIGS):
@@ -124,7 +124,7 @@ def jobs(every: bool):
         for c in pick(tk.GPU_OUTPUT_CONFIGS):
             yield what, tk._chunk_output_kernel, c, dtype, dict(
                 base, HAS_KEEP=keep, CAUSAL=causal, STATE_BF16=derived_bf16,
-                STATE_PRECISION=precision if dtype == "bf16" else derived_precision,
+                STATE_PRECISION=precision if dtype == "bf16" else derived_precision, MASK_F=False,
                 STATE_LEN=tk.GPU_STATE_LEN if causal else 1, HAS_ENTRY=causal)
     combine = triton.Config({}, num_warps=4, num_stages=1)
     for causal, reverse in ((True, False), (True, True), (False, False)):

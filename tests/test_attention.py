@@ -262,6 +262,36 @@ def test_triton_stabiliser_large_norms(causal):
         torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=1e-3, atol=1e-4)
 
 
+@needs_triton
+@pytest.mark.parametrize("large", ["first", "second"])
+@pytest.mark.parametrize("segments, state_len", [(2, 16), (2, 32), (4, 16)])
+def test_triton_causal_stored_and_entering_states_far_apart(large, segments, state_len):
+    """Causal, keys in two halves whose logits lie ~150 apart (the first or the second half
+    with large norms): the state entering a segment and the stored state within it have
+    stabilisers far apart, either way round (one of the two scales underflows to 0 when
+    both are brought to the larger), and every query still matches the float64 reference."""
+    from panther.ops.attention.triton_kernels import favor_forward
+
+    q, k, v, P = inputs(B=1, N=64, D=16, Dv=16, m=32, dtype=torch.float32, device=_device(), seed=3)
+    half = slice(0, 32) if large == "first" else slice(32, 64)
+    k[:, :, half] *= 20
+    q = q * 6
+    want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), "softmax", True)
+    assert torch.isfinite(want).all()
+    got = favor_forward(q, k, v, P, "softmax", True, None, segments=segments, state_len=state_len,
+                        configs=_configs(16, 16, 16, 16, True))
+    torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=1e-3, atol=1e-4)
+
+
+@needs_triton
+def test_triton_state_len_must_divide_into_blocks():
+    from panther.ops.attention.triton_kernels import favor_forward
+
+    q, k, v, P = inputs(N=40, D=16, Dv=16, m=16, dtype=torch.float32, device=_device())
+    with pytest.raises(ValueError, match="state_len=24 must be a multiple of every CHUNK"):
+        favor_forward(q, k, v, P, "softmax", True, None, state_len=24, configs=_configs(16, 16, 16, 16, True))
+
+
 class _BoundsChecked:
     """Triton's interpreter with every masked-in load and store checked against the extent of
     the kernel's tensor arguments: an out-of-bounds address raises instead of reading or

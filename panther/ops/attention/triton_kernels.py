@@ -338,36 +338,32 @@ def _segment_state_kernel(
 
 
 @triton.jit
-def _key_features_t(kk, p, logit_scale, norm_scale, inv_sqrt_m, eps, f_ok, k_ok, SOFTMAX: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr):
-    """``_key_features`` transposed: (phi^T [F, R], c [R]) from the products p kk^T, for the
-    features f_ok [F] and keys k_ok [R] (the others get phi = 0, and c = -inf for a masked key).
+def _products_t(x, p, f_ok, SOFTMAX: tl.constexpr, MASK_F: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """The products p x^T [F, R] of a tile x [R, D_PAD] (float32), -inf at the padded features
+    (rows not in f_ok) for softmax where MASK_F (m < M_PAD).
 
-    Features go along the products' M axis, which the warps split (a float32 [R, F] tile sits
-    whole in every warp group of a product with R = 64 rows), and phi^T is the walk's left
-    operand as it comes out of the first product. The masks enter as row and column vectors
-    (additive -inf, or 0/1 factors): a broadcast [F, R] mask costs registers.
+    Transposed, so that the features go along the products' M axis, which the warps split (a
+    float32 [R, F] tile of a product with R = 64 rows sits whole in each warp group of 8
+    warps), and the walk's features come out as the left operand of its state product. Masks
+    enter as row and column vectors: a broadcast [F, R] mask costs registers.
     """
-    u = tl.dot(p, tl.trans(kk), input_precision=DOT_PRECISION)
-    if SOFTMAX:
-        xf = kk.to(tl.float32)
-        k_bias = tl.where(k_ok, -(tl.sum(xf * xf, 1) * norm_scale), float("-inf"))
-        t = u * logit_scale + tl.where(f_ok, 0.0, float("-inf"))[:, None] + k_bias[None, :]
-        c = tl.max(t, 0)
-        return tl.exp2(t - tl.where(c == float("-inf"), 0.0, c)[None, :]), c
-    phi = (tl.maximum(u, 0.0) * inv_sqrt_m + eps) * tl.where(f_ok, 1.0, 0.0)[:, None] * tl.where(k_ok, 1.0, 0.0)[None, :]
-    return phi, tl.max(phi, 0)
+    u = tl.dot(p, tl.trans(x), input_precision=DOT_PRECISION)
+    if SOFTMAX and MASK_F:
+        u = tl.where(f_ok[:, None], u, float("-inf"))
+    return u
 
 
 @triton.jit
-def _query_features_t(qq, p, logit_scale, inv_sqrt_m, eps, f_ok, SOFTMAX: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """``_query_features`` transposed (as ``_key_features_t``): phi^T [F, R] from the products
-    p qq^T, for the features f_ok [F] (each query's row max taken out, softmax)."""
-    u = tl.dot(p, tl.trans(qq), input_precision=DOT_PRECISION)
-    if SOFTMAX:
-        t = u * logit_scale + tl.where(f_ok, 0.0, float("-inf"))[:, None]
-        return tl.exp2(t - tl.max(t, 0)[None, :])
+def _relu_t(u, inv_sqrt_m, eps, f_ok):
+    """relu features of the products u [F, R]: relu(u)/sqrt(m) + eps, 0 at padded features."""
     return (tl.maximum(u, 0.0) * inv_sqrt_m + eps) * tl.where(f_ok, 1.0, 0.0)[:, None]
+
+
+@triton.jit
+def _key_bias(kk, k_ok, norm_scale):
+    """Each key's -|k'|^2/2 (base 2) [R], -inf for a masked key: its logits t = u * logit_scale + bias."""
+    xf = kk.to(tl.float32)
+    return tl.where(k_ok, -(tl.sum(xf * xf, 1) * norm_scale), float("-inf"))
 
 
 @triton.autotune(configs=_tuned(WALK_CONFIGS),
@@ -378,8 +374,8 @@ def _walk_kernel(
     H, S, D, DV, M, SEG_LEN, NSEG, NSTATE, LEN_BUCKET, logit_scale, norm_scale, inv_sqrt_m, eps,
     skb, skh, skn, skd, svb, svh, svn, svd, spm, spd,
     HAS_KEEP: tl.constexpr, SOFTMAX: tl.constexpr, M_PAD: tl.constexpr, D_PAD: tl.constexpr,
-    ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, STATE_LEN: tl.constexpr, TOTALS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BDV: tl.constexpr,
+    ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, MASK_F: tl.constexpr, STATE_LEN: tl.constexpr,
+    TOTALS: tl.constexpr, BLOCK_N: tl.constexpr, BDV: tl.constexpr,
 ):
     # Causal: one segment's keys in order; every STATE_LEN keys the state so far (relative to
     # its running max c_state) goes to memory, then the segment's total (for _combine_kernel).
@@ -416,12 +412,21 @@ def _walk_kernel(
         valid = r_ok
         if HAS_KEEP:
             valid = valid & (tl.load(keep_ptr + b * S + rows, mask=r_ok, other=0) != 0)
-        bt, ck = _key_features_t(kk, p, logit_scale, norm_scale, inv_sqrt_m, eps, m_ok, valid, SOFTMAX, DOT_PRECISION)
+        u = _products_t(kk, p, m_ok, SOFTMAX, MASK_F, DOT_PRECISION)
         if SOFTMAX:
-            c_state, beta, w_keys = _running_max(c_state, ck)
-            state = state * beta
-            z = z * beta
-            bt = bt * w_keys[None, :]
+            # each key's stabiliser c_s (its logits' max) only moves the running max: the state
+            # absorbs exp2(t - c_state) = exp2(u * logit_scale + (bias - c_state)), one exp a feature
+            k_bias = _key_bias(kk, valid, norm_scale)
+            c_new = tl.maximum(c_state, tl.max(tl.max(u, 0) * logit_scale + k_bias, 0))
+            if c_new > c_state:  # the running max grew: rescale (skipped, it is exact, when it did not)
+                beta = tl.exp2(c_state - c_new)
+                state = state * beta
+                z = z * beta
+                c_state = c_new
+            safe = tl.where(c_state == float("-inf"), 0.0, c_state)
+            bt = tl.exp2(u * logit_scale + (k_bias - safe)[None, :])
+        else:
+            bt = _relu_t(u, inv_sqrt_m, eps, m_ok) * tl.where(valid, 1.0, 0.0)[None, :]
         state = tl.dot(bt.to(vv.dtype), vv, state, input_precision=DOT_PRECISION)
         z += tl.sum(bt, 1)
     if TOTALS:
@@ -452,8 +457,8 @@ def _chunk_output_kernel(
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod, spm, spd,
     CAUSAL: tl.constexpr, HAS_KEEP: tl.constexpr, SOFTMAX: tl.constexpr, M_PAD: tl.constexpr,
     D_PAD: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    STATE_PRECISION: tl.constexpr, STATE_BF16: tl.constexpr, STATE_LEN: tl.constexpr, HAS_ENTRY: tl.constexpr,
-    CHUNK: tl.constexpr, BDV: tl.constexpr,
+    STATE_PRECISION: tl.constexpr, STATE_BF16: tl.constexpr, MASK_F: tl.constexpr, STATE_LEN: tl.constexpr,
+    HAS_ENTRY: tl.constexpr, CHUNK: tl.constexpr, BDV: tl.constexpr,
 ):
     # One chunk of CHUNK queries (grid axis 0: up to 2**31 - 1 chunks), one block of value dims;
     # no loop-carried state.
@@ -476,7 +481,11 @@ def _chunk_output_kernel(
     qq = _load_rows(q_base, rows, r_ok, sqn, offs_d, d_ok, sqd)
     # the chunk's features transposed, at [m, CHUNK] (features along the products' M axis, which
     # the warps split: a float32 [CHUNK, m] tile would sit whole in every warp group)
-    at = _query_features_t(qq, p, logit_scale, inv_sqrt_m, eps, m_ok, SOFTMAX, DOT_PRECISION)
+    u = _products_t(qq, p, m_ok, SOFTMAX, MASK_F, DOT_PRECISION)
+    if SOFTMAX:  # each query's own max taken out (a per-query constant: it cancels)
+        at = tl.exp2(u * logit_scale - (tl.max(u, 0) * logit_scale)[None, :])
+    else:
+        at = _relu_t(u, inv_sqrt_m, eps, m_ok)
     # the stored state: non-causal the total, causal the state of the keys from the segment's
     # start to the last multiple of STATE_LEN at or before the chunk (relative to c_state) ...
     sidx = (bh * NSTATE + (l0 // STATE_LEN if CAUSAL else 0)).to(tl.int64)
@@ -518,8 +527,13 @@ def _chunk_output_kernel(
             valid = k_ok
             if HAS_KEEP:
                 valid = valid & (tl.load(keep_ptr + b * N + krows, mask=k_ok, other=0) != 0)
-            bt, ck = _key_features_t(kk, p, logit_scale, norm_scale, inv_sqrt_m, eps, m_ok, valid, SOFTMAX,
-                                     DOT_PRECISION)
+            u = _products_t(kk, p, m_ok, SOFTMAX, MASK_F, DOT_PRECISION)
+            if SOFTMAX:  # phi(k_s) = exp2(t_s - c_s), c_s the max of key s's logits (-inf: masked)
+                c_rel = tl.max(u, 0) * logit_scale
+                ck = c_rel + _key_bias(kk, valid, norm_scale)
+                bt = tl.exp2(u * logit_scale - c_rel[None, :])
+            else:
+                bt = _relu_t(u, inv_sqrt_m, eps, m_ok) * tl.where(valid, 1.0, 0.0)[None, :]
             seen = offs_c[None, :] <= offs_c[:, None] + (l0 - s0)  # [query l, key s]: s <= l
             scores = tl.dot(tl.trans(a_lo), bt.to(vv.dtype), input_precision=DOT_PRECISION)
             if SOFTMAX:
@@ -757,7 +771,7 @@ def _walk(pb: Problem, k, v, projection, state_len: int, seg_len: int, nseg: int
         k, v, projection, pb.keep, st, sz, sc, tot, tz, tc,
         pb.H, S, pb.D, DV, pb.M, seg_len, nseg, nstate, _bucket(BH * S), *pb.scalars,
         *k.stride(), *v.stride(), *projection.stride(),
-        STATE_LEN=state_len, TOTALS=totals, **pb.common, **meta,
+        MASK_F=pb.M < pb.M_PAD, STATE_LEN=state_len, TOTALS=totals, **pb.common, **meta,
     )
     if not totals:
         return st, sz, sc, st, sz, sc
@@ -814,7 +828,7 @@ def favor_forward(q, k, v, projection, kernel_fn: str, causal: bool, key_padding
         q, k, v, projection, pb.keep, *states, out,
         H, N, pb.D, DV, pb.M, seg_len, nstate, nseg, _bucket(BH * N), *pb.scalars,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *projection.stride(),
-        CAUSAL=causal, STATE_PRECISION=state_precision, STATE_BF16=state_bf16, STATE_LEN=state_len,
-        HAS_ENTRY=causal and nseg > 1, **pb.common, **meta_o,
+        CAUSAL=causal, STATE_PRECISION=state_precision, STATE_BF16=state_bf16, MASK_F=pb.M < pb.M_PAD,
+        STATE_LEN=state_len, HAS_ENTRY=causal and nseg > 1, **pb.common, **meta_o,
     )
     return out
