@@ -112,10 +112,12 @@ GPU_WALK_CONFIGS = [
     triton.Config({"BLOCK_N": bn, "BDV": bdv}, num_warps=w, num_stages=s)
     for bn, bdv, w, s in ((64, 64, 8, 2), (32, 64, 8, 2), (64, 64, 8, 3), (64, 32, 8, 2))
 ]
-# 8 warps: the products with the features [m, CHUNK] split m across two warp groups.
+# 8 warps: the products with the features [m, CHUNK] split m across two warp groups. The first
+# (the one config when autotuning is off) fits every supported size in shared memory (head dims
+# of 256 in bf16: 176 KB; float32 at 64: 160 KB); (64, 64, 8, 2) needs 240 KB at 256.
 GPU_OUTPUT_CONFIGS = [
     triton.Config({"CHUNK": c, "BDV": bdv}, num_warps=w, num_stages=s)
-    for c, bdv, w, s in ((64, 64, 8, 2), (32, 64, 8, 2), (32, 64, 8, 1), (64, 32, 8, 2), (64, 64, 8, 1))
+    for c, bdv, w, s in ((32, 64, 8, 2), (64, 64, 8, 2), (32, 64, 8, 1), (64, 32, 8, 2), (64, 64, 8, 1))
 ]
 GPU_STATE_LEN = 128  # keys between two stored causal states (a multiple of 64)
 
@@ -665,8 +667,7 @@ def _combine(states, zs, cs, causal: bool, launch=lambda kernel: kernel, reverse
     bf = min(M_PAD, max(16, 4096 // dv_pad))
     launch(_combine_kernel)[(triton.cdiv(M_PAD, bf), BH)](
         states, zs, cs, state, z, c, G, DV, CAUSAL=causal, REVERSE=reverse, M_PAD=M_PAD, BF=bf, DV_PAD=dv_pad,
-        num_warps=4,
-    )
+    )  # Triton's default 4 warps
     return state, z, c
 
 
@@ -765,8 +766,8 @@ def _walk(pb: Problem, k, v, projection, state_len: int, seg_len: int, nseg: int
         tot = torch.empty(BH, nseg, M_PAD, DV, **f32)
         tz = torch.empty(BH, nseg, M_PAD, **f32)
         tc = torch.empty(BH, nseg, M_PAD, **f32)
-    else:
-        tot, tz, tc = st, sz, sc  # not written
+    else:  # not written (separate tensors: a kernel's stored arguments must not alias under torch.compile)
+        tot, tz, tc = (torch.empty(1, **f32) for _ in range(3))
     launch(kernel)[lambda meta: (triton.cdiv(DV, meta["BDV"]), nseg, BH)](
         k, v, projection, pb.keep, st, sz, sc, tot, tz, tc,
         pb.H, S, pb.D, DV, pb.M, seg_len, nseg, nstate, _bucket(BH * S), *pb.scalars,
@@ -812,8 +813,9 @@ def favor_forward(q, k, v, projection, kernel_fn: str, causal: bool, key_padding
         _check_state_len(state_len, OUTPUT_CONFIGS if configs is None else [configs[1]], "CHUNK")
         if segments > 0:
             seg_len, nseg = _split(S, segments, state_len)
-        else:  # the walk is the serial part: enough segments to fill the device
-            seg_len, nseg = _segments(S, BH * triton.cdiv(DV, 64), dev, 256, unit=state_len)
+        else:  # the walk is the serial part: enough segments to fill the device, but at least 1024
+            # keys each: a short sequence walks in one segment (no _combine launch, no entering state)
+            seg_len, nseg = _segments(S, BH * triton.cdiv(DV, 64), dev, 1024, unit=state_len)
         states = _walk(pb, k, v, projection, state_len, seg_len, nseg, state_dtype, launch, key_config)
         nstate = states[0].shape[1]
     else:
