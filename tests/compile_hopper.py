@@ -116,8 +116,8 @@ def jobs(every: bool):
             yield what, tb._dkv_kernel, c, dtype, dict(base, HAS_KEEP=keep, CAUSAL=causal, BDV=64, **derived)
         if causal:
             for c in pick(tk.GPU_WALK_CONFIGS):
-                yield what, tk._walk_kernel, c, dtype, dict(base, HAS_KEEP=keep, MASK_F=False, STATE_LEN=tk.GPU_STATE_LEN,
-                                                            TOTALS=True)
+                yield what, tk._walk_kernel, c, dtype, dict(base, HAS_KEEP=keep, MASK_F=False,
+                                                            STATE_LEN=tk.GPU_STATE_LEN, TOTALS=True)
         else:
             for c in pick(tk.GPU_STATE_CONFIGS):
                 yield what, tk._segment_state_kernel, c, dtype, dict(base, HAS_KEEP=keep, DV_PAD=64)

@@ -378,8 +378,9 @@ def test_triton_every_gpu_config_in_bounds(causal, N):
             state_len = (64, GPU_STATE_LEN)[i % 2] if causal else 0
             got = favor_forward(q, k, v, P, "softmax", causal, mask, segments=segments, state_len=state_len,
                                 configs=configs)
+            what = f"{configs}, {segments} segments, state_len {state_len}"
             torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5,
-                                       msg=lambda m: f"{configs}, {segments} segments, state_len {state_len}: {m}")  # noqa: B023,E501
+                                       msg=lambda m: f"{what}: {m}")  # noqa: B023
     assert checked.accesses > 0
 
 

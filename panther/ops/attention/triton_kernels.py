@@ -107,17 +107,20 @@ GPU_STATE_CONFIGS = [
 ]
 # The walk's key blocks and the output kernel's chunks divide the state interval (STATE_LEN, a
 # multiple of 64 on GPUs). The walk holds its state [m, BDV] and one key block's features
-# [m, BLOCK_N] in float32 registers: 8 warps at m = 256.
+# [m, BLOCK_N] in float32 registers: 8 warps at m = 256 (4 spill).
 GPU_WALK_CONFIGS = [
     triton.Config({"BLOCK_N": bn, "BDV": bdv}, num_warps=w, num_stages=s)
-    for bn, bdv, w, s in ((64, 64, 8, 2), (32, 64, 8, 2), (64, 64, 8, 3), (64, 32, 8, 2))
+    for bn, bdv, w, s in ((64, 64, 8, 2), (32, 64, 8, 2), (64, 64, 8, 3))
 ]
-# 8 warps: the products with the features [m, CHUNK] split m across two warp groups. The first
-# (the one config when autotuning is off) fits every supported size in shared memory (head dims
-# of 256 in bf16: 176 KB; float32 at 64: 160 KB); (64, 64, 8, 2) needs 240 KB at 256.
+# 8 warps: the products with the features [m, CHUNK] split m across two warp groups; 4 warps
+# with 32-query chunks: two programs an SM (250 registers, no spills), which hide each other's
+# loads of the stored state. The first (the one config when autotuning is off) fits every
+# supported size in shared memory (head dims of 256 in bf16: 176 KB; float32 at 64: 160 KB);
+# (64, 64, 8, 2) needs 240 KB at 256. No value blocks narrower than 64 (the features would be
+# computed once per block; and (64, 32, 8, 2) of the former kernel faulted under Triton 3.6).
 GPU_OUTPUT_CONFIGS = [
     triton.Config({"CHUNK": c, "BDV": bdv}, num_warps=w, num_stages=s)
-    for c, bdv, w, s in ((32, 64, 8, 2), (64, 64, 8, 2), (32, 64, 8, 1), (64, 32, 8, 2), (64, 64, 8, 1))
+    for c, bdv, w, s in ((32, 64, 8, 2), (64, 64, 8, 2), (32, 64, 4, 1), (32, 64, 8, 1))
 ]
 GPU_STATE_LEN = 128  # keys between two stored causal states (a multiple of 64)
 
