@@ -2,12 +2,13 @@
 
     python -m benchmarks.attention_configs                    # every config, N=1024, both modes
     python -m benchmarks.attention_configs --n 16384 --causal # one length, causal only
-    python -m benchmarks.attention_configs --one 2 0 --n 1024 # state config 2 with output config 0
+    python -m benchmarks.attention_configs --one 2 0 --n 1024 # state (causal: walk) config 2, output 0
     python -m benchmarks.attention_configs --backward         # every backward config
     python -m benchmarks.attention_configs --backward --one 2 1  # dkv (kernel 2) config 1
 
-The state configs run with the first output config and the output configs with the first
-state config. Every pair runs in its own process with CUDA_LAUNCH_BLOCKING=1, so a config
+The key-pass configs (the walk kernel's when causal, the state kernel's when not: STATE in
+--one) run with the first output config and the output configs with the first key-pass
+config. Every pair runs in its own process with CUDA_LAUNCH_BLOCKING=1, so a config
 that faults (illegal memory access) is named and does not poison the others; the
 autotuned path (what the op runs) is checked last, in its own process too.
 B=4, H=16, D=64, m=256, bf16; the error is against torch.ops.panther.favor_attention.
@@ -42,8 +43,9 @@ def one(state: int, output: int, n: int, causal: bool) -> None:
         configs, name = None, "autotuned"
         fn = lambda: tk.favor_forward(q, k, v, P, "softmax", causal)  # noqa: E731
     else:
-        configs = (tk.GPU_STATE_CONFIGS[state], tk.GPU_OUTPUT_CONFIGS[output])
-        name = f"state {state} {configs[0]} / output {output} {configs[1]}"
+        keys = tk.GPU_WALK_CONFIGS if causal else tk.GPU_STATE_CONFIGS
+        configs = (keys[state], tk.GPU_OUTPUT_CONFIGS[output])
+        name = f"{'walk' if causal else 'state'} {state} {configs[0]} / output {output} {configs[1]}"
         fn = lambda: tk.favor_forward(q, k, v, P, "softmax", causal, configs=configs)  # noqa: E731
     got = fn()
     torch.cuda.synchronize()
@@ -101,15 +103,18 @@ def main() -> None:
     if args.one is not None:
         (one_backward if args.backward else one)(*args.one, args.n, args.causal)
         return
-    from panther.ops.attention.triton_kernels import GPU_OUTPUT_CONFIGS, GPU_STATE_CONFIGS
+    from panther.ops.attention.triton_kernels import GPU_OUTPUT_CONFIGS, GPU_STATE_CONFIGS, GPU_WALK_CONFIGS
 
-    pairs = [(i, 0) for i in range(len(GPU_STATE_CONFIGS))] + [(0, j) for j in range(1, len(GPU_OUTPUT_CONFIGS))]
-    if args.backward:
-        pairs = [(kernel, j) for kernel, configs in enumerate(_backward_configs()[1]) for j in range(len(configs))]
+    def pairs(causal):
+        if args.backward:
+            return [(kernel, j) for kernel, configs in enumerate(_backward_configs()[1]) for j in range(len(configs))]
+        keys = GPU_WALK_CONFIGS if causal else GPU_STATE_CONFIGS
+        return [(i, 0) for i in range(len(keys))] + [(0, j) for j in range(1, len(GPU_OUTPUT_CONFIGS))]
+
     env = {**os.environ, "CUDA_LAUNCH_BLOCKING": "1"}
     failed = []
     for causal in ([True] if args.causal else [False, True]):
-        for s, o in pairs + [(-1, -1)]:
+        for s, o in pairs(causal) + [(-1, -1)]:
             cmd = [sys.executable, "-m", "benchmarks.attention_configs", "--n", str(args.n), "--one", str(s), str(o)]
             cmd += ["--causal"] if causal else []
             cmd += ["--backward"] if args.backward else []
@@ -117,7 +122,8 @@ def main() -> None:
             if r.returncode:
                 failed.append((causal, s, o))
                 tail = "\n    ".join((r.stdout + r.stderr).strip().splitlines()[-6:])
-                what = f"backward kernel {s} config {o}" if args.backward else f"state {s} / output {o}"
+                what = (f"backward kernel {s} config {o}" if args.backward else
+                        f"{'walk' if causal else 'state'} {s} / output {o}")
                 print(f"N={args.n} causal={causal} {what}: FAILED (rc {r.returncode})\n    {tail}", flush=True)
             else:
                 print(r.stdout.strip(), flush=True)

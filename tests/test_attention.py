@@ -188,10 +188,13 @@ def test_bad_arguments_raise_clear_errors():
 needs_triton = pytest.mark.skipif(not triton_available, reason="needs triton")
 
 
-def _configs(bf, bn, chunk, bdv):
+def _configs(bf, bn, chunk, bdv, causal):
+    """(key pass, output) configs: the key pass is the walk kernel's (causal: key blocks of bn,
+    bdv value dims) or the state kernel's (bf features, bn keys)."""
     import triton
 
-    return (triton.Config({"BF": bf, "BLOCK_N": bn}, num_warps=4, num_stages=1),
+    keys = {"BLOCK_N": bn, "BDV": bdv} if causal else {"BF": bf, "BLOCK_N": bn}
+    return (triton.Config(keys, num_warps=4, num_stages=1),
             triton.Config({"CHUNK": chunk, "BDV": bdv}, num_warps=4, num_stages=1))
 
 
@@ -204,19 +207,25 @@ def _device():
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("segments", [1, 3])
-def test_triton_kernels_match_reference(kernel_fn, causal, masked, segments):
+@pytest.mark.parametrize("state_len", [16, 32])
+def test_triton_kernels_match_reference(kernel_fn, causal, masked, segments, state_len):
     """The Triton kernels themselves (interpreted on CPU, compiled on GPU), on awkward sizes:
     N and S not multiples of the chunk or the segment, m = 40 features in blocks of 16 and
-    padded to 64, Dv = 20 in blocks of 16, a padding mask that empties whole chunks."""
+    padded to 64, Dv = 20 in blocks of 16, a padding mask that empties whole chunks. Causal:
+    a stored state every 16 keys (one key block per chunk) or every 32 (two, the first
+    unmasked), one segment (no entering state) or several."""
     from panther.ops.attention.triton_kernels import favor_forward
 
+    if not causal and state_len != 16:
+        pytest.skip("state_len is causal only")
     q, k, v, P = inputs(N=45, S=45 if causal else 37, D=16, Dv=20, m=40, dtype=torch.float32, device=_device())
     mask = None
     if masked:
         mask = padding_mask(2, k.shape[2], p=0.3)
         mask[1, 16:32] = True  # a whole chunk of keys masked
         mask = mask.to(q.device)
-    got = favor_forward(q, k, v, P, kernel_fn, causal, mask, segments=segments, configs=_configs(16, 16, 16, 16))
+    got = favor_forward(q, k, v, P, kernel_fn, causal, mask, segments=segments, state_len=state_len,
+                        configs=_configs(16, 16, 16, 16, causal))
     want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), kernel_fn, causal, mask)
     torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=1e-4, atol=1e-5)
 
@@ -229,8 +238,8 @@ def test_triton_kernels_larger_tiles(causal):
 
     q, k, v, P = inputs(N=50, D=8, Dv=6, m=24, dtype=torch.float32, device=_device())
     want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), "softmax", causal)
-    for configs in (_configs(32, 32, 32, 32), _configs(64, 16, 64, 16)):
-        got = favor_forward(q, k, v, P, "softmax", causal, None, segments=2, configs=configs)
+    for configs in (_configs(32, 32, 32, 32, causal), _configs(64, 16, 64, 16, causal)):
+        got = favor_forward(q, k, v, P, "softmax", causal, None, segments=2, state_len=64, configs=configs)
         torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=1e-4, atol=1e-5)
 
 
@@ -247,9 +256,40 @@ def test_triton_stabiliser_large_norms(causal):
     q = q * 6
     want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), "softmax", causal)
     assert torch.isfinite(want).all()
-    for segments in (1, 2):
-        got = favor_forward(q, k, v, P, "softmax", causal, None, segments=segments, configs=_configs(16, 16, 16, 16))
+    for segments, state_len in ((1, 16), (2, 16), (1, 32)):
+        got = favor_forward(q, k, v, P, "softmax", causal, None, segments=segments, state_len=state_len,
+                            configs=_configs(16, 16, 16, 16, causal))
         torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=1e-3, atol=1e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize("large", ["first", "second"])
+@pytest.mark.parametrize("segments, state_len", [(2, 16), (2, 32), (4, 16)])
+def test_triton_causal_stored_and_entering_states_far_apart(large, segments, state_len):
+    """Causal, keys in two halves whose logits lie ~150 apart (the first or the second half
+    with large norms): the state entering a segment and the stored state within it have
+    stabilisers far apart, either way round (one of the two scales underflows to 0 when
+    both are brought to the larger), and every query still matches the float64 reference."""
+    from panther.ops.attention.triton_kernels import favor_forward
+
+    q, k, v, P = inputs(B=1, N=64, D=16, Dv=16, m=32, dtype=torch.float32, device=_device(), seed=3)
+    half = slice(0, 32) if large == "first" else slice(32, 64)
+    k[:, :, half] *= 20
+    q = q * 6
+    want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), "softmax", True)
+    assert torch.isfinite(want).all()
+    got = favor_forward(q, k, v, P, "softmax", True, None, segments=segments, state_len=state_len,
+                        configs=_configs(16, 16, 16, 16, True))
+    torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=1e-3, atol=1e-4)
+
+
+@needs_triton
+def test_triton_state_len_must_divide_into_blocks():
+    from panther.ops.attention.triton_kernels import favor_forward
+
+    q, k, v, P = inputs(N=40, D=16, Dv=16, m=16, dtype=torch.float32, device=_device())
+    with pytest.raises(ValueError, match="state_len=24 must be a multiple of every CHUNK"):
+        favor_forward(q, k, v, P, "softmax", True, None, state_len=24, configs=_configs(16, 16, 16, 16, True))
 
 
 class _BoundsChecked:
@@ -316,20 +356,31 @@ def test_triton_every_gpu_config_in_bounds(causal, N):
     """Every GPU autotuner config at the benchmark's head dims (D = Dv = 64, m = 256), in the
     interpreter with every load and store bounds-checked, on lengths around chunk and
     segment boundaries (1, 3 and 5 segments): exact, and no address outside its tensor."""
-    from panther.ops.attention.triton_kernels import GPU_OUTPUT_CONFIGS, GPU_STATE_CONFIGS, favor_forward
+    from panther.ops.attention.triton_kernels import (
+        GPU_OUTPUT_CONFIGS,
+        GPU_STATE_CONFIGS,
+        GPU_STATE_LEN,
+        GPU_WALK_CONFIGS,
+        favor_forward,
+    )
 
     q, k, v, P = inputs(B=1, H=2, N=N, D=64, Dv=64, m=256, dtype=torch.float32, seed=N)
     mask = padding_mask(1, N, seed=N) if N > 1 else None
     want = favor_attention_reference(*(t.double() for t in (q, k, v, P)), "softmax", causal, mask)
-    n = max(len(GPU_STATE_CONFIGS), len(GPU_OUTPUT_CONFIGS))
-    pairs = [(GPU_STATE_CONFIGS[i % len(GPU_STATE_CONFIGS)], GPU_OUTPUT_CONFIGS[i % len(GPU_OUTPUT_CONFIGS)])
-             for i in range(n)]
+    keys = GPU_WALK_CONFIGS if causal else GPU_STATE_CONFIGS
+    n = max(len(keys), len(GPU_OUTPUT_CONFIGS))
+    pairs = [(keys[i % len(keys)], GPU_OUTPUT_CONFIGS[i % len(GPU_OUTPUT_CONFIGS)]) for i in range(n)]
     with _BoundsChecked() as checked:
         for i, configs in enumerate(pairs):
             segments = (1, 3, 5)[i % 3]
-            got = favor_forward(q, k, v, P, "softmax", causal, mask, segments=segments, configs=configs)
+            # causal: a state every 64 keys (the smallest interval the GPU configs allow) and every
+            # GPU_STATE_LEN (the default): lengths 63 to 130 then span one to three intervals
+            state_len = (64, GPU_STATE_LEN)[i % 2] if causal else 0
+            got = favor_forward(q, k, v, P, "softmax", causal, mask, segments=segments, state_len=state_len,
+                                configs=configs)
+            what = f"{configs}, {segments} segments, state_len {state_len}"
             torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5,
-                                       msg=lambda m: f"{configs}, {segments} segments: {m}")  # noqa: B023
+                                       msg=lambda m: f"{what}: {m}")  # noqa: B023
     assert checked.accesses > 0
 
 
@@ -382,12 +433,13 @@ def test_triton_op_cuda_bf16_compile(causal, m):
 @pytest.mark.parametrize("causal", [False, True])
 def test_triton_every_config_cuda(causal):
     """Every autotuner config of both kernels, compiled, in bf16 with a mask and relu."""
-    from panther.ops.attention.triton_kernels import OUTPUT_CONFIGS, STATE_CONFIGS, favor_forward
+    from panther.ops.attention.triton_kernels import OUTPUT_CONFIGS, STATE_CONFIGS, WALK_CONFIGS, favor_forward
 
     q, k, v, P = inputs(B=2, H=3, N=700, D=64, Dv=48, m=200, dtype=torch.float32, device="cuda")
     mask = padding_mask(2, 700).cuda()
     lp = [t.bfloat16() for t in (q, k, v, P)]
-    pairs = [(c, OUTPUT_CONFIGS[0]) for c in STATE_CONFIGS] + [(STATE_CONFIGS[0], c) for c in OUTPUT_CONFIGS[1:]]
+    keys = WALK_CONFIGS if causal else STATE_CONFIGS
+    pairs = [(c, OUTPUT_CONFIGS[0]) for c in keys] + [(keys[0], c) for c in OUTPUT_CONFIGS[1:]]
     for kernel_fn in ("softmax", "relu"):
         want = ops.favor_attention(q, k, v, P, kernel_fn, causal, mask, 0)
         for configs in pairs:

@@ -28,8 +28,8 @@ segments with deterministic partial sums (no atomics):
    and M_l (causal softmax).
 3. ``_query_state_kernel``: each segment's partial sum_l Q_l g_l^T and -sum_l Q_l delta_l
    over its queries, feature block by feature block (like the forward's state kernel);
-   ``_combine`` sums them (non-causal: the total; causal, on the reversed segments: the
-   sum over the later segments, entering each segment from the right). Causal softmax
+   ``_combine`` sums them (non-causal: the total; causal, in reverse order: the sum over
+   the later segments, entering each segment from the right). Causal softmax
    keeps it relative to the largest -M_l it holds: query l enters with weight
    exp2(-M_l - c') <= 1, key s reads it with weight exp2(c_s + c') <= 1 (c_s <= M_l).
 4. ``_dkv_kernel``: walks its segment's keys by chunks, backwards when causal (intra-chunk
@@ -401,10 +401,6 @@ def _dkv_kernel(
                  mask=r_ok[:, None] & v_ok[None, :])
 
 
-def _flip(t):
-    return t.flip(1).contiguous()
-
-
 def favor_backward(grad, q, k, v, projection, out, kernel_fn: str, causal: bool, key_padding_mask=None,
                    needs=(True, True, True), segments: int = 0, value_block: int = 0,
                    launch=lambda kernel: kernel, configs=None):
@@ -492,10 +488,8 @@ def favor_backward(grad, q, k, v, projection, out, kernel_fn: str, causal: bool,
         CAUSAL=causal, SOFTMAX=softmax, M_PAD=M_PAD, D_PAD=pb.D_PAD, DV_PAD=pb.DV_PAD,
         ELEMENT_SIZE=q.element_size(), DOT_PRECISION=precision, **derived, **meta_qs,
     )
-    if causal:  # the sum over the later segments: _combine's earlier ones, on the reversed order
-        dstate, dz, dc = (_flip(t) for t in _combine(_flip(states), _flip(zs), _flip(cs), True))
-    else:
-        dstate, dz, dc = _combine(states, zs, cs, False)
+    # causal: the sum over the later segments (the reversed order)
+    dstate, dz, dc = _combine(states, zs, cs, causal, launch, reverse=causal)
 
     # 4. dk and dv
     dv = torch.empty(B, H, S, DV, device=dev, dtype=v.dtype)
