@@ -91,10 +91,10 @@ def sketch_jobs():
     yield job("segment sum (128 columns)", sk._segment_sum_kernel, 4,
               {"order_ptr": "*i32", "offsets_ptr": "*i64"}, BLOCK_T=sk.SEGMENT_TILE // 128, BLOCK_Q=128)
     yield job("chunk sum", sk._chunk_sum_kernel, 4, {}, BLOCK_C=8, BLOCK=256)
-    for block_s in (512, 1024):
-        yield job(f"srht strip (d <= {block_s})", sk._srht_strip_kernel, 8,
+    for block_s, prefetch in ((512, True), (512, False), (1024, True)):
+        yield job(f"srht strip (d <= {block_s}, prefetch={prefetch})", sk._srht_strip_kernel, 8,
                   {"dest_ptr": "*i32", "slot_ptr": "*i32", "ka_ptr": "*i32"}, B=1024, LOG_B=10, BLOCK_S=block_s,
-                  BLOCK_Q=8)
+                  BLOCK_Q=8, PREFETCH=prefetch)
     yield job("srht level 1", sk._srht_level1_kernel, 8, {"dest_ptr": "*i32"}, B=1024, LOG_B=10, BLOCK_Q=8)
     yield job("srht level 2", sk._srht_level2_kernel, 4, {"ka_ptr": "*i32", "slot_ptr": "*i32"},
               BLOCK_A=32, BLOCK_Q=128)

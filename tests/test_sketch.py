@@ -335,20 +335,23 @@ def test_triton_srht_sampled(dtype, shape, dim, block, strip_rows):
     torch.testing.assert_close(out.double().cpu(), expected, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("d, max_acc", [(1, tk.SRHT_MAX_ACC), (128, tk.SRHT_MAX_ACC), (128, 64)])
-def test_triton_srht_strips_fresh(d, max_acc):
-    """Strip path (and the two-level fallback when d x the column tile exceeds max_acc) on a
-    fresh non-contiguous input, against float64: n not a power of two, several strips."""
+@pytest.mark.parametrize("d, max_acc, prefetch", [(1, tk.SRHT_MAX_ACC, True), (128, tk.SRHT_MAX_ACC, True),
+                                                   (128, tk.SRHT_MAX_ACC, False), (128, 64, True)])
+def test_triton_srht_strips_fresh(d, max_acc, prefetch, monkeypatch):
+    """Strip path, with and without the prefetch of the next block (and the two-level fallback
+    when d x the column tile exceeds max_acc) on a fresh non-contiguous input, against float64:
+    n not a power of two, several strips, the last one short."""
+    monkeypatch.setattr(tk, "SRHT_PREFETCH", prefetch)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    n = 1500
+    n = 1500  # N = 2048: 16 blocks of 128, strips of 5 blocks (the last one holds 1)
     op = pr.sketch.srht_operator(d, n, dtype=F64)
     A = torch.randn(12, n, dtype=F64).T  # [n, 12], non-contiguous
     expected = op.to_dense() @ A
     out = tk.srht_sampled(A.to(device, torch.float32), op.signs.to(device, torch.float32), op.index.to(device), 0,
-                          block=128, strip_rows=512, max_acc=max_acc)
+                          block=128, strip_rows=640, max_acc=max_acc)
     torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(out, tk.srht_sampled(A.to(device, torch.float32), op.signs.to(device, torch.float32),
-                                            op.index.to(device), 0, block=128, strip_rows=512, max_acc=max_acc))
+                                            op.index.to(device), 0, block=128, strip_rows=640, max_acc=max_acc))
 
 
 def test_opcheck_srht():
@@ -528,6 +531,11 @@ def test_gpu_compile_and_opcheck():
     order, offsets = _sk.bucket_order(S.rows, 32)
     torch.library.opcheck(torch.ops.panther.sparse_sketch_apply_sorted_triton,
                           (a, S.rows, S.vals, order, offsets, 32, 0))
+    chunked = _sk.bucket_order(S.rows, 32, 128)  # 8 chunks: partial sums, then their sum
+    torch.library.opcheck(torch.ops.panther.sparse_sketch_apply_sorted_triton, (a, S.rows, S.vals, *chunked, 32, 0))
+    g = torch.compile(lambda x: _sk.sparse_apply(x, S.rows, S.vals, 32, 0, chunked), fullgraph=True)
+    torch.testing.assert_close(g(a), S.apply(a, 0))
+    assert torch.equal(g(a), g(a))
     assert torch.equal(S.apply(a, 0), S.apply(a, 0))  # the sorted segmented sum is deterministic
     f = torch.compile(lambda x: S.apply(x, 0), fullgraph=True)
     torch.testing.assert_close(f(a), S.apply(a, 0))

@@ -328,14 +328,20 @@ def _hadamard_sign(k, i, dtype: tl.constexpr):
 
 
 @triton.jit
-def _srht_block(a_base, signs_ptr, row0, N_IN, POST, offs_q, mask_q,
-                acc_ty: tl.constexpr, B: tl.constexpr, LOG_B: tl.constexpr, BLOCK_Q: tl.constexpr):
-    # H_B D x for the block of B consecutive rows from row0 (int64; rows past n are the zero
-    # padding to N).
+def _srht_load(a_base, row0, end, POST, offs_q, mask_q, B: tl.constexpr):
+    # The block of B consecutive rows from row0 (int64) of A, BLOCK_Q columns; rows from end
+    # on are zeros (end <= n: rows past n are the zero padding to N).
     rows = row0 + tl.arange(0, B)
-    mask_r = rows < N_IN
-    x = tl.load(a_base + rows[:, None] * POST + offs_q[None, :], mask=mask_r[:, None] & mask_q[None, :], other=0.0)
-    sg = tl.load(signs_ptr + rows, mask=mask_r, other=0.0).to(acc_ty)
+    return tl.load(a_base + rows[:, None] * POST + offs_q[None, :], mask=(rows < end)[:, None] & mask_q[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _srht_transform(x, signs_ptr, row0, N_IN, acc_ty: tl.constexpr, B: tl.constexpr, LOG_B: tl.constexpr,
+                    BLOCK_Q: tl.constexpr):
+    # H_B D x for the block that _srht_load read from row0.
+    rows = row0 + tl.arange(0, B)
+    sg = tl.load(signs_ptr + rows, mask=rows < N_IN, other=0.0).to(acc_ty)
     return _hadamard_rows(x.to(acc_ty) * sg[:, None], B, LOG_B, BLOCK_Q)
 
 
@@ -343,7 +349,7 @@ def _srht_block(a_base, signs_ptr, row0, N_IN, POST, offs_q, mask_q,
 def _srht_strip_kernel(
     a_ptr, signs_ptr, dest_ptr, slot_ptr, ka_ptr, u_ptr, out_ptr,
     N_IN, POST, NBLK, STRIP, STRIPS, C, D, TILES_Q,
-    B: tl.constexpr, LOG_B: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_Q: tl.constexpr,
+    B: tl.constexpr, LOG_B: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_Q: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     # Program (p, strip, q), q fastest: blocks [strip * STRIP, strip * STRIP + STRIP) of B rows
     # x BLOCK_Q columns, one after the other: D and H_B in registers; the rows k_b that some
@@ -352,7 +358,8 @@ def _srht_strip_kernel(
     # reads its row back and adds it with the sign H_a[k_a, block] into acc [BLOCK_S >= D,
     # BLOCK_Q]. (tl.gather from registers would do the exchange without memory, but it
     # compiles to about one shuffle per register of the tile per gathered element.)
-    # Writes acc / sqrt(D) to out[p, strip].
+    # Writes acc / sqrt(D) to out[p, strip]. PREFETCH: the next block's load is issued before
+    # this block's transform (one program fills an SM's registers: nothing else hides the load).
     p, st, tq = _grid_split(STRIPS, TILES_Q)
     p = p.to(tl.int64)
     offs_q = (tq * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
@@ -366,8 +373,17 @@ def _srht_strip_kernel(
     u_base = u_ptr + tl.program_id(0).to(tl.int64) * C * BLOCK_Q
     blk0 = st * STRIP
     row0 = blk0.to(tl.int64) * B
-    for j in range(0, tl.minimum(STRIP, NBLK - blk0)):
-        x = _srht_block(a_base, signs_ptr, row0 + j * B, N_IN, POST, offs_q, mask_q, acc_ty, B, LOG_B, BLOCK_Q)
+    nb = tl.minimum(STRIP, NBLK - blk0)
+    end = tl.minimum(row0 + nb * B, N_IN)  # the strip's last row + 1 (the prefetch past it reads nothing)
+    if PREFETCH:
+        x_next = _srht_load(a_base, row0, end, POST, offs_q, mask_q, B)
+    for j in range(0, nb):
+        if PREFETCH:
+            x_raw = x_next
+            x_next = _srht_load(a_base, row0 + (j + 1) * B, end, POST, offs_q, mask_q, B)
+        else:
+            x_raw = _srht_load(a_base, row0 + j * B, end, POST, offs_q, mask_q, B)
+        x = _srht_transform(x_raw, signs_ptr, row0 + j * B, N_IN, acc_ty, B, LOG_B, BLOCK_Q)
         # The small index vectors are loaded (from L1) for every block: kept live across the loop,
         # they and the addresses made of them take more registers than the tile itself.
         dest = tl.load(dest_ptr + tl.arange(0, B))  # u row of inner index k_b, or -1
@@ -398,7 +414,9 @@ def _srht_level1_kernel(
     offs_q = (tq * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
     mask_q = offs_q < POST
     acc_ty: tl.constexpr = tl.float64 if u_ptr.dtype.element_ty == tl.float64 else tl.float32
-    x = _srht_block(a_ptr + p * N_IN * POST, signs_ptr, blk.to(tl.int64) * B, N_IN, POST, offs_q, mask_q, acc_ty, B, LOG_B, BLOCK_Q)
+    row0 = blk.to(tl.int64) * B
+    x = _srht_load(a_ptr + p * N_IN * POST, row0, N_IN, POST, offs_q, mask_q, B)
+    x = _srht_transform(x, signs_ptr, row0, N_IN, acc_ty, B, LOG_B, BLOCK_Q)
     dest = tl.load(dest_ptr + tl.arange(0, B)).to(tl.int64)  # compact slot of inner index k_b, or -1
     u_rows = (p * NBLK + blk) * C + dest
     tl.store(u_ptr + u_rows[:, None] * POST + offs_q[None, :], x,
@@ -432,6 +450,7 @@ SRHT_BLOCK = 1024  # rows per first-level block (B x 8 float32 columns stay in r
 SRHT_STRIP_ROWS = 1 << 14  # rows of A one strip program transforms (a multiple of the block)
 SRHT_MAX_ACC = 4096  # largest d x column-tile accumulator of a strip program (else two levels)
 SRHT_STRIP_WARPS = 8
+SRHT_PREFETCH = True  # strip kernel: load block j + 1 while transforming block j
 
 
 def _srht_tile_q(B: int, post: int, acc: torch.dtype) -> int:
@@ -496,7 +515,7 @@ def srht_sampled(A, signs, index, dim: int, launch=lambda kernel: kernel, block:
         launch(_srht_strip_kernel)[(grid,)](
             A, signs.to(acc).contiguous(), dest, slot.contiguous(), ka.to(torch.int32).contiguous(), u, dst,
             n, post, nblk, strip, strips, C, d, tiles_q, B=B, LOG_B=B.bit_length() - 1, BLOCK_S=block_s,
-            BLOCK_Q=bq, num_warps=SRHT_STRIP_WARPS,
+            BLOCK_Q=bq, PREFETCH=SRHT_PREFETCH, num_warps=SRHT_STRIP_WARPS,
         )
         return out if strips == 1 else _sum_chunks(dst, out, launch)
     u = torch.empty((pre, nblk, C, post), dtype=acc, device=A.device)
