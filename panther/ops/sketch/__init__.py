@@ -43,8 +43,9 @@ def bucket_order(rows, d: int, chunk_rows: int | None = None):
 
     R = ``chunk_rows`` (default: ``segment_chunk_rows(m, d)``; R >= m gives one chunk, the plain
     bucket sort by output row). On the GPU the d programs of one chunk run side by side, so the
-    s gathers of an input row are served by L2 while the chunk (R rows of a column tile, at most
-    SEGMENT_CHUNK_ROWS x 512 bytes) is there, and A is read from memory about once even for s > 1.
+    s gathers of an input row can be served by L2 while the chunk (R rows of a column tile, at
+    most SEGMENT_CHUNK_ROWS x 512 bytes) is there, so that A is read from memory about once even
+    for s > 1 (the aim; the constant is to be tuned on the GPU).
 
     The keys c * d + r are sorted in the narrowest integer type that holds them (a radix sort
     makes one pass per key byte: 2 for int16 instead of 8 for int64; up to 2^16 keys fit int16
