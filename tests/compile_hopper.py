@@ -1,8 +1,9 @@
-"""Compile the FAVOR+ Triton kernels for sm_90 (Hopper) without a GPU.
+"""Compile the FAVOR+ and sketch Triton kernels for sm_90 (Hopper) without a GPU.
 
     TRITON_INTERPRET=0 python -m tests.compile_hopper            # one config per kernel (the CI check)
     TRITON_INTERPRET=0 python -m tests.compile_hopper --all      # every GPU config, dtype and flag
     TRITON_INTERPRET=0 python -m tests.compile_hopper _walk_kernel _chunk_output_kernel  # these only
+    TRITON_INTERPRET=0 python -m tests.compile_hopper --sketch   # the sketch kernels only
 
 Triton's interpreter runs code that the compiler refuses (a non-constexpr global inside a
 kernel, say): this compiles the kernels through Triton's CUDA backend (ptxas included) for
@@ -83,14 +84,48 @@ def _jit(kernel):
     return kernel.fn if hasattr(kernel, "configs") else kernel
 
 
+def _compile(fn, signature: dict, consts: dict, num_warps: int, num_stages: int, attrs=None) -> str:
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
+    compiled = triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
+    return f"shared={compiled.metadata.shared} {_resources(compiled.asm['cubin'])}"
+
+
 def compile_kernel(kernel, config, dtype: str, consts: dict) -> str:
     fn = _jit(kernel)
-    consts = {**consts, **config.kwargs}
-    sig, consts, attrs = _signature(fn, dtype, consts)
-    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    compiled = triton.compile(src, target=TARGET,
-                              options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-    return f"shared={compiled.metadata.shared} {_resources(compiled.asm['cubin'])}"
+    sig, consts, attrs = _signature(fn, dtype, {**consts, **config.kwargs})
+    return _compile(fn, sig, consts, config.num_warps, config.num_stages, attrs)
+
+
+# Sizes of the benchmark shape (m = 2^21 rows of 128 float32 columns sketched to d = 512) that are
+# multiples of 16: the launcher specialises them so at run time (as it does every tensor's address).
+SKETCH_DIV16 = {"M", "N_IN", "POST", "D", "C", "NBLK", "STRIP", "STRIPS", "CHUNKS", "INNER", "TILES", "TILES_Q"}
+
+
+def sketch_jobs():
+    """(name, JITFunction, signature, constexprs, num_warps, attrs) of the sketch kernels at the
+    tiles their launchers pick for float32 on a GPU at the benchmark shape
+    (panther/ops/sketch/triton_kernels.py)."""
+    from panther.ops.sketch import triton_kernels as sk
+
+    def sig(fn, consts, **ptrs):
+        return {name: "constexpr" if name in consts else ptrs.get(name, "*fp32") if name.endswith("_ptr") else "i32"
+                for name in fn.arg_names}
+
+    def job(name, fn, warps, ptrs, **consts):
+        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+                 if name not in consts and (name.endswith("_ptr") or name in SKETCH_DIV16)}
+        return name, fn, sig(fn, consts, **ptrs), consts, warps, attrs
+
+    yield job("segment sum (128 columns)", sk._segment_sum_kernel, 4,
+              {"order_ptr": "*i32", "offsets_ptr": "*i64"}, BLOCK_T=sk.SEGMENT_TILE // 128, BLOCK_Q=128)
+    yield job("chunk sum", sk._chunk_sum_kernel, 4, {}, BLOCK_C=8, BLOCK=256)
+    for block_s, prefetch in ((512, True), (512, False), (1024, True)):
+        yield job(f"srht strip (d <= {block_s}, prefetch={prefetch})", sk._srht_strip_kernel, 8,
+                  {"dest_ptr": "*i32", "slot_ptr": "*i32", "ka_ptr": "*i32"}, B=1024, LOG_B=10, BLOCK_S=block_s,
+                  BLOCK_Q=8, PREFETCH=prefetch)
+    yield job("srht level 1", sk._srht_level1_kernel, 8, {"dest_ptr": "*i32"}, B=1024, LOG_B=10, BLOCK_Q=8)
+    yield job("srht level 2", sk._srht_level2_kernel, 4, {"ka_ptr": "*i32", "slot_ptr": "*i32"},
+              BLOCK_A=32, BLOCK_Q=128)
 
 
 def jobs(every: bool):
@@ -139,7 +174,15 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     failed = 0
     only = [a for a in argv if not a.startswith("--")]  # kernel names to compile (default: all)
-    for what, kernel, config, dtype, consts in jobs("--all" in argv):
+    for name, fn, signature, consts, warps, attrs in sketch_jobs():
+        if only and fn.__name__ not in only:
+            continue
+        try:
+            print(f"sketch {name}: ok {_compile(fn, signature, consts, warps, 3, attrs)}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            print(f"sketch {name}: FAILED {str(e)[-2000:]}", flush=True)
+    for what, kernel, config, dtype, consts in ([] if "--sketch" in argv else jobs("--all" in argv)):
         if only and _jit(kernel).__name__ not in only:
             continue
         name = f"{what} {_jit(kernel).__name__} {config.kwargs} warps={config.num_warps} stages={config.num_stages}"

@@ -236,36 +236,60 @@ def test_triton_sparse_kernels(dtype, shape, dim):
     torch.testing.assert_close(tk.sparse_gather(G, rows, vals, 24, dim).double(), back, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("d", [24, 40000])  # int16 sort keys; int32 keys and mostly empty buckets
-def test_bucket_order(d):
-    S = pr.sketch.sparse_sign(d, 300, nnz=3, generator=torch.Generator().manual_seed(1))
-    order, offsets = _sk.bucket_order(S.rows, d)
-    assert order.dtype == torch.int32 and offsets.dtype == torch.int64 and offsets.shape == (d + 1,)
+@pytest.mark.parametrize("d, m, chunk_rows", [
+    (24, 300, None),  # one chunk (m <= SEGMENT_CHUNK_ROWS): the plain bucket sort
+    (40000, 300, None),  # keys past int16's range with the shift; mostly empty buckets
+    (24, 300, 64),  # 5 chunks, the last one short (300 = 4 * 64 + 44)
+    (24, 300, 1),  # a chunk per input row: almost every segment empty
+    (7, 1, 16),  # one input row
+    (4000, 300, 16),  # 19 * 4000 keys: int32
+])
+def test_bucket_order(d, m, chunk_rows):
+    S = pr.sketch.sparse_sign(d, m, nnz=3 if d >= 3 else 1, generator=torch.Generator().manual_seed(1))
+    order, offsets = _sk.bucket_order(S.rows, d, chunk_rows)
+    R = m if chunk_rows is None else min(chunk_rows, m)
+    chunks = -(-m // R)
+    assert order.dtype == torch.int32 and offsets.dtype == torch.int64 and offsets.shape == (chunks * d + 1,)
     flat = S.rows.reshape(-1)
     assert offsets[0] == 0 and offsets[-1] == flat.numel()
     sizes = offsets[1:] - offsets[:-1]
-    assert torch.equal(sizes, torch.bincount(flat, minlength=d))
-    # bucket r holds exactly the non-zeros of output row r, in ascending input rows (the L2 sweep relies on it)
-    bucket = torch.repeat_interleave(torch.arange(d), sizes)
-    assert torch.equal(flat[order.long()], bucket)
-    same = bucket[1:] == bucket[:-1]
-    assert (order[1:][same] > order[:-1][same]).all()
+    entry_row = torch.arange(m).repeat_interleave(S.nnz)  # the input row of each flat non-zero
+    key = entry_row // R * d + flat
+    assert torch.equal(sizes, torch.bincount(key, minlength=chunks * d))
+    # segment c * d + r holds exactly the non-zeros of output row r from chunk c, in ascending input rows
+    seg = torch.repeat_interleave(torch.arange(chunks * d), sizes)
+    e = order.long()
+    assert torch.equal(flat[e], seg % d) and torch.equal(entry_row[e] // R, seg // d)
+    same = seg[1:] == seg[:-1]
+    assert (e[1:][same] > e[:-1][same]).all()
+
+
+def test_segment_chunk_rows():
+    R = _sk.SEGMENT_CHUNK_ROWS
+    assert _sk.segment_chunk_rows(R, 512) == R  # one chunk of R rows
+    assert _sk.segment_chunk_rows(1 << 21, 512) == R
+    assert _sk.segment_chunk_rows(1 << 21, R) == 1 << 21  # d partial rows per chunk would cost too much
+
+
+def _sparse_reference(S, A, dim):
+    return torch.movedim(torch.tensordot(S.to_dense().double().cpu(), A.double().cpu(), dims=([1], [dim])), 0, dim)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64, torch.float16])
 @pytest.mark.parametrize("shape, dim", [((300, 40), 0), ((2, 300, 20), 1), ((300, 200), 0), ((7, 300), 1)])
-def test_triton_segment_sum(dtype, shape, dim):
-    """The bucket-sorted segmented-sum kernel (and its scatter fallback for narrow rows)."""
+@pytest.mark.parametrize("chunk_rows", [None, 64])
+def test_triton_segment_sum(dtype, shape, dim, chunk_rows):
+    """The (chunk, output row)-sorted segmented-sum kernel, one chunk and several (then the
+    per-chunk partials and their sum), and its scatter fallback for narrow rows."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     S = pr.sketch.sparse_sign(24, 300, nnz=3, generator=torch.Generator().manual_seed(1)).to(device)
-    D = S.to_dense().double()
     A = torch.randn(shape, device=device).to(dtype)
-    order, offsets = _sk.bucket_order(S.rows, 24)
+    order, offsets = _sk.bucket_order(S.rows, 24, chunk_rows)
     out = tk.sparse_segment_sum(A, S.rows, S.vals.to(dtype), order, offsets, 24, dim)
-    expected = torch.movedim(torch.tensordot(D, A.double(), dims=([1], [dim])), 0, dim)
+    expected = _sparse_reference(S, A, dim)
     assert out.dtype == dtype and out.shape == expected.shape
     tol = {torch.float32: 1e-5, F64: 1e-12, torch.float16: 1e-2}[dtype]
-    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=tol, atol=tol)
     again = tk.sparse_segment_sum(A, S.rows, S.vals.to(dtype), order, offsets, 24, dim)
     post = math.prod(shape[dim + 1:])
     if post >= tk.SEGMENT_MIN_POST:  # the segmented sum has no atomics: bitwise deterministic
@@ -274,20 +298,60 @@ def test_triton_segment_sum(dtype, shape, dim):
         torch.testing.assert_close(out, again, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("nnz", [1, 4])
+@pytest.mark.parametrize("m", [1, 33, 150])
+def test_triton_segment_sum_chunks_strided(nnz, m):
+    """Chunked sums against float64 on fresh inputs: non-contiguous A along both dims, m below,
+    at and off a multiple of the chunk, and more buckets than non-zeros (empty segments)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    d = 16
+    S = pr.sketch.sparse_sign(d, m, nnz=nnz).to(device)
+    for A, dim in ((torch.randn(24, m, device=device).T, 0),  # [m, 24], column-major
+                   (torch.randn(3, 48, m, device=device)[:, ::2].transpose(1, 2), 1)):  # [3, m, 24], strided
+        assert m == 1 or not A.is_contiguous()
+        expected = _sparse_reference(S, A, dim)
+        for chunk_rows in (None, 32, 7):
+            order, offsets = _sk.bucket_order(S.rows, d, chunk_rows)
+            out = tk.sparse_segment_sum(A, S.rows, S.vals, order, offsets, d, dim)
+            torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("shape, dim, block", [((300, 5), 0, 16), ((2, 256, 8), 1, 256), ((1000, 3), 0, 64),
                                                ((64, 4), 0, 1024), ((3, 100, 2, 6), 1, 8)])
-def test_triton_srht_sampled(dtype, shape, dim, block):
-    """The two-level sampled Hadamard kernels: one block (block >= N) and many (block < N)."""
+@pytest.mark.parametrize("strip_rows", [tk.SRHT_STRIP_ROWS, 64, None])
+def test_triton_srht_sampled(dtype, shape, dim, block, strip_rows):
+    """The sampled Hadamard kernels: one block (block >= N) and many (block < N); strips (one
+    strip, several with partial sums, the last one short) and the two-level path (None)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     n = shape[dim]
     op = pr.sketch.srht_operator(min(50, n), n, dtype=F64, generator=torch.Generator().manual_seed(4))
     A = torch.randn(shape, dtype=F64)
     expected = torch.movedim(torch.tensordot(op.to_dense(), A, dims=([1], [dim])), 0, dim)
-    out = tk.srht_sampled(A.to(device, dtype), op.signs.to(device, dtype), op.index.to(device), dim, block=block)
+    out = tk.srht_sampled(A.to(device, dtype), op.signs.to(device, dtype), op.index.to(device), dim, block=block,
+                          strip_rows=strip_rows)
     assert out.dtype == dtype and out.shape == expected.shape
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(out.double().cpu(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("d, max_acc, prefetch", [(1, tk.SRHT_MAX_ACC, True), (128, tk.SRHT_MAX_ACC, True),
+                                                   (128, tk.SRHT_MAX_ACC, False), (128, 64, True)])
+def test_triton_srht_strips_fresh(d, max_acc, prefetch, monkeypatch):
+    """Strip path, with and without the prefetch of the next block (and the two-level fallback
+    when d x the column tile exceeds max_acc) on a fresh non-contiguous input, against float64:
+    n not a power of two, several strips, the last one short."""
+    monkeypatch.setattr(tk, "SRHT_PREFETCH", prefetch)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n = 1500  # N = 2048: 16 blocks of 128, strips of 5 blocks (the last one holds 1)
+    op = pr.sketch.srht_operator(d, n, dtype=F64)
+    A = torch.randn(12, n, dtype=F64).T  # [n, 12], non-contiguous
+    expected = op.to_dense() @ A
+    out = tk.srht_sampled(A.to(device, torch.float32), op.signs.to(device, torch.float32), op.index.to(device), 0,
+                          block=128, strip_rows=640, max_acc=max_acc)
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out, tk.srht_sampled(A.to(device, torch.float32), op.signs.to(device, torch.float32),
+                                            op.index.to(device), 0, block=128, strip_rows=640, max_acc=max_acc))
 
 
 def test_opcheck_srht():
@@ -335,6 +399,12 @@ def test_opcheck_apply_sorted():
     torch.library.opcheck(fn, (torch.randn(50, 4, dtype=F64, requires_grad=True), rows, vals, order, offsets, 12, 0))
     torch.library.opcheck(fn, (torch.randn(3, 50, dtype=F64, requires_grad=True), rows, vals, order, offsets, 12, -1))
     A = torch.randn(50, 4, dtype=F64)
+    torch.testing.assert_close(fn(A, rows, vals, order, offsets, 12, 0),
+                               torch.ops.panther.sparse_sketch_apply(A, rows, vals, 12, 0))
+    with pytest.raises(RuntimeError, match="offsets must be a 1-D int64 tensor of d"):
+        fn(A, rows, vals, order, offsets[:-1], 12, 0)
+    order, offsets = _sk.bucket_order(rows, 12, 16)  # 4 chunks: offsets of 4 * 12 + 1 entries
+    torch.library.opcheck(fn, (torch.randn(50, 4, dtype=F64, requires_grad=True), rows, vals, order, offsets, 12, 0))
     torch.testing.assert_close(fn(A, rows, vals, order, offsets, 12, 0),
                                torch.ops.panther.sparse_sketch_apply(A, rows, vals, 12, 0))
     with pytest.raises(RuntimeError, match="offsets must be a 1-D int64 tensor of d"):
@@ -461,6 +531,11 @@ def test_gpu_compile_and_opcheck():
     order, offsets = _sk.bucket_order(S.rows, 32)
     torch.library.opcheck(torch.ops.panther.sparse_sketch_apply_sorted_triton,
                           (a, S.rows, S.vals, order, offsets, 32, 0))
+    chunked = _sk.bucket_order(S.rows, 32, 128)  # 8 chunks: partial sums, then their sum
+    torch.library.opcheck(torch.ops.panther.sparse_sketch_apply_sorted_triton, (a, S.rows, S.vals, *chunked, 32, 0))
+    g = torch.compile(lambda x: _sk.sparse_apply(x, S.rows, S.vals, 32, 0, chunked), fullgraph=True)
+    torch.testing.assert_close(g(a), S.apply(a, 0))
+    assert torch.equal(g(a), g(a))
     assert torch.equal(S.apply(a, 0), S.apply(a, 0))  # the sorted segmented sum is deterministic
     f = torch.compile(lambda x: S.apply(x, 0), fullgraph=True)
     torch.testing.assert_close(f(a), S.apply(a, 0))

@@ -8,8 +8,9 @@ E[SᵀS] = I_m: ‖Sx‖² = ‖x‖² in expectation for every x ∈ R^m.
 The operator is stored column-wise, ``rows`` [m, nnz] (int64) and ``vals`` [m, nnz], and is
 applied without being materialised (``apply``: the panther sparse_sketch_apply op, C++ on
 CPU, Triton on CUDA; cost nnz·(size of A), one read of A). On CUDA the non-zeros are also
-bucket-sorted by output row when the operator is created there (``bucket_order``), so an
-apply to a tensor on the operator's device is a deterministic segmented sum without atomics
+sorted by (chunk of input rows, output row) when the operator is created there
+(``bucket_order``), so an apply to a tensor on the operator's device is a deterministic
+segmented sum without atomics, chunk by chunk so that the nnz gathers of an input row can hit L2
 (for rows along the sketched axis at least 16 elements wide; narrower ones, such as a vector,
 take an atomic scatter whose float sums may differ in the last bits from run to run).
 ``to_dense`` / ``to_sparse`` give the matrix of the exact shape [d, m].

@@ -10,8 +10,9 @@ R: d of the N coordinates sampled uniformly without replacement. Since E[RᵀR] 
 and H_N D is orthogonal, E[SᵀS] = I_n: ‖Sx‖² = ‖x‖² in expectation. Applying it costs
 N log2 N additions per vector (panther's fwht op: C++ on CPU, Triton on CUDA) instead of
 d·n multiply-adds for a dense sketch. On CUDA along an axis that is not the last, only the d
-sampled outputs are computed, by a two-level blocked Hadamard transform that reads A about once
-(panther's srht_apply op).
+sampled outputs are computed, by a two-level blocked Hadamard transform that reads A once (for
+d up to about 512, in strips whose intermediate stays in a small scratch buffer; panther's
+srht_apply op).
 """
 
 from __future__ import annotations

@@ -56,13 +56,14 @@ def check_apply(A, rows, vals, d: int, dim: int) -> int:
 
 
 def check_sorted(A, rows, vals, order, offsets, d: int, dim: int) -> int:
-    """check_apply plus the bucket-sorted index (``bucket_order``): shapes, dtypes, device."""
+    """check_apply plus the (chunk, output row)-sorted index (``bucket_order``): shapes, dtypes, device."""
     wd = check_apply(A, rows, vals, d, dim)
     if order.dim() != 1 or order.dtype not in (torch.int32, torch.int64) or order.numel() != rows.numel():
         _fail(f"order must be a 1-D int32/int64 tensor of rows.numel() = {rows.numel()} entries, "
               f"got {order.dtype} {list(order.shape)}")
-    if offsets.dim() != 1 or offsets.dtype != torch.int64 or offsets.numel() != d + 1:
-        _fail(f"offsets must be a 1-D int64 tensor of d + 1 = {d + 1} entries, got {offsets.dtype} {list(offsets.shape)}")
+    if offsets.dim() != 1 or offsets.dtype != torch.int64 or offsets.numel() < d + 1 or (offsets.numel() - 1) % d:
+        _fail(f"offsets must be a 1-D int64 tensor of d * chunks + 1 entries (d = {d}, chunks >= 1), "
+              f"got {offsets.dtype} {list(offsets.shape)}")
     for t, name in ((order, "order"), (offsets, "offsets")):
         if t.device != A.device:
             _fail(f"{name} is on {t.device} but A is on {A.device}: expected the same device")

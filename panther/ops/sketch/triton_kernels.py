@@ -6,20 +6,24 @@ sparse_scatter: out = S A along one axis, S [d, m] sparse with s non-zeros per c
     (d x post per pre index) is small and stays in L2, so the kernel streams A once: the
     memory floor of a sketch. Accumulation is float32 (float64 for float64 inputs).
 sparse_segment_sum: out = S A along one axis when A's rows along it are wide (post >= 16):
-    the non-zeros are bucket-sorted by output row at operator creation (``order``: flat
-    indices into rows/vals in output-row order, ``offsets``: segment starts), so one program
-    owns one output row x column tile and sums its segment of input rows: no atomics,
-    deterministic (narrower rows fall back to sparse_scatter and its atomics). Within a segment the input rows ascend (a stable sort), and the d x tiles
-    programs are resident together, so they sweep A front to back at about the same pace:
-    an input row read by one of its s output segments is still in L2 when the others ask,
-    and HBM sees about one read of A even for s > 1.
+    the non-zeros are sorted at operator creation by (chunk, output row) (``bucket_order``:
+    ``order``, flat indices into rows/vals, and ``offsets``, segment starts), the input rows
+    cut into chunks of R rows (SEGMENT_CHUNK_ROWS, about 16 MB of 512-byte column tiles); one
+    program sums one segment (output row r, chunk c) x column tile: no atomics, deterministic
+    (narrower rows fall back to sparse_scatter and its atomics). The d programs of one chunk
+    have consecutive ids and run side by side, so the s programs that gather one input row ask
+    for it while its chunk is in L2: HBM should see about one read of A even for s > 1 (without
+    chunks nothing keeps the d programs together over a long A, and on the H200 an SJLT with
+    s = 4 took 4.1x the copy time of A). Several chunks give
+    per-chunk partial sums [pre, chunks, d, post] (d/R of A's size), summed in a fixed order
+    by a second kernel; with one chunk the programs write the output.
 sparse_gather: out = Sᵀ G (the adjoint): each output tile gathers s rows of G, no atomics.
 fwht: orthonormal Walsh–Hadamard transform of rows of power-of-two length n <= MAX_FWHT_N,
     one read and one write per row: the butterfly runs in registers, stage h pairing
     entries j and j + h by a reshape to [.., n/2h, 2, h] and a split of the size-2 axis.
     Longer rows are split as H_n = H_a ⊗ H_b (two passes, see fwht()).
 srht_sampled: y = R H_N D x along an axis that is not the last (only the d sampled outputs),
-    reading A about once: see srht_sampled().
+    reading A once and writing only partial sums of d/strip rows: see srht_sampled().
 """
 
 from __future__ import annotations
@@ -39,14 +43,20 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @triton.jit
+def _grid_split(MID, INNER):
+    # (outer, mid, inner) coordinates of this program in a flat grid of outer x MID x INNER
+    # programs, inner fastest. Grids are flat because the third grid axis is limited to 65535
+    # on CUDA; the order also decides which programs run side by side (consecutive ids).
+    pid = tl.program_id(0)
+    return pid // (INNER * MID), (pid // INNER) % MID, pid % INNER
+
+
+@triton.jit
 def _pre_i_post_tile(PRE, M, POST, TILES_I, TILES_Q,
                      BLOCK_P: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_Q: tl.constexpr):
-    # This program's (p, i, q) tile of a [PRE, M, POST] view, from a flat grid (the third grid
-    # axis is limited to 65535 on CUDA): int64 offsets, the mask of i and the tile's mask.
-    pid = tl.program_id(0)
-    tq = pid % TILES_Q
-    ti = (pid // TILES_Q) % TILES_I
-    tp = pid // (TILES_Q * TILES_I)
+    # This program's (p, i, q) tile of a [PRE, M, POST] view: int64 offsets, the mask of i and
+    # the tile's mask.
+    tp, ti, tq = _grid_split(TILES_I, TILES_Q)
     offs_p = (tp * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
     offs_i = (ti * BLOCK_I + tl.arange(0, BLOCK_I)).to(tl.int64)
     offs_q = (tq * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
@@ -96,18 +106,21 @@ def _sparse_gather_kernel(
 @triton.jit
 def _segment_sum_kernel(
     a_ptr, order_ptr, vals_ptr, offsets_ptr, out_ptr,
-    M, POST, D, S, TILES_Q,
+    M, POST, D, S, CHUNKS, TILES_Q,
     BLOCK_T: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    tq = pid % TILES_Q
-    r = (pid // TILES_Q) % D
-    p = (pid // (TILES_Q * D)).to(tl.int64)
+    # Program (p, c, q, r), r fastest: segment c * D + r (the non-zeros of output row r whose
+    # input rows lie in chunk c) for column tile q of pre index p, written to out[p, c, r, q]
+    # ([PRE, CHUNKS, D, POST]; the output itself when CHUNKS == 1). The D programs of one
+    # (p, c, q) have consecutive ids, so they run side by side over the same chunk.
+    pc, tq, r = _grid_split(TILES_Q, D)
+    p = (pc // CHUNKS).to(tl.int64)
+    seg = (pc % CHUNKS) * D + r
     offs_q = (tq * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
     mask_q = offs_q < POST
-    start = tl.load(offsets_ptr + r)
-    end = tl.load(offsets_ptr + r + 1)
-    acc = tl.zeros((BLOCK_Q,), dtype=tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32)
+    start = tl.load(offsets_ptr + seg)
+    end = tl.load(offsets_ptr + seg + 1)
+    acc = tl.zeros((BLOCK_Q,), dtype=tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32)
     a_base = a_ptr + p * M * POST
     for t0 in range(start, end, BLOCK_T):
         offs_t = t0 + tl.arange(0, BLOCK_T)
@@ -117,15 +130,50 @@ def _segment_sum_kernel(
         a = tl.load(a_base + (e // S)[:, None] * POST + offs_q[None, :],
                     mask=mask_t[:, None] & mask_q[None, :], other=0.0).to(acc.dtype)
         acc += tl.sum(a * v[:, None], axis=0)
-    tl.store(out_ptr + p * D * POST + r * POST + offs_q, acc.to(out_ptr.dtype.element_ty), mask=mask_q)
+    tl.store(out_ptr + (pc.to(tl.int64) * D + r) * POST + offs_q, acc.to(out_ptr.dtype.element_ty), mask=mask_q)
+
+
+@triton.jit
+def _chunk_sum_kernel(part_ptr, out_ptr, CHUNKS, INNER, TILES, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+    # out[p, j] = sum over c of part[p, c, j] ([PRE, CHUNKS, INNER] -> [PRE, INNER]), in the
+    # accumulator's precision; the same additions in the same order on every run.
+    p, _, t = _grid_split(1, TILES)
+    offs = (t * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    mask = offs < INNER
+    base = part_ptr + p.to(tl.int64) * CHUNKS * INNER
+    acc = tl.zeros((BLOCK,), dtype=part_ptr.dtype.element_ty)
+    for c0 in range(0, CHUNKS, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        x = tl.load(base + offs_c.to(tl.int64)[:, None] * INNER + offs[None, :],
+                    mask=(offs_c < CHUNKS)[:, None] & mask[None, :], other=0.0)
+        acc += tl.sum(x, axis=0)
+    tl.store(out_ptr + p.to(tl.int64) * INNER + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _sum_chunks(part, out, launch):
+    """out [pre, ...] = part [pre, chunks, ...] summed over the chunks (deterministic)."""
+    pre, chunks = part.shape[0], part.shape[1]
+    inner = part[0, 0].numel()
+    block = min(triton.next_power_of_2(inner), 128 if _INTERPRET else 256)
+    tiles = triton.cdiv(inner, block)
+    launch(_chunk_sum_kernel)[(pre * tiles,)](
+        part, out, chunks, inner, tiles, BLOCK_C=min(triton.next_power_of_2(chunks), 8), BLOCK=block, num_warps=4,
+    )
+    return out
 
 
 SEGMENT_MIN_POST = 16  # narrower rows (< 64 bytes in float32) read too little per gather: scatter
+SEGMENT_TILE = 2048  # elements of A one program gathers per step (BLOCK_T rows x BLOCK_Q columns)
+SEGMENT_TILE_BYTES = 512  # widest column tile (bytes of a row) a program reads: 128 float32 columns
 
 
 def sparse_segment_sum(A, rows, vals, order, offsets, d: int, dim: int, launch=lambda kernel: kernel):
     """S A along ``dim`` (already wrapped) through the bucket-sorted non-zeros (see the module
-    docstring); falls back to ``sparse_scatter`` when the rows along ``dim`` are narrow."""
+    docstring); falls back to ``sparse_scatter`` when the rows along ``dim`` are narrow.
+
+    ``offsets`` has chunks * d + 1 entries (``bucket_order``): with one chunk every program sums
+    one output row's segment into the output; with several, into a partial sum per chunk
+    [pre, chunks, d, post] (float32, or float64 for float64 A), summed over the chunks after."""
     pre, m, post = _layout(A.shape, dim)
     if post < SEGMENT_MIN_POST:
         return sparse_scatter(A, rows, vals, d, dim, launch)
@@ -135,16 +183,19 @@ def sparse_segment_sum(A, rows, vals, order, offsets, d: int, dim: int, launch=l
     out = torch.empty(out_shape, dtype=A.dtype, device=A.device)
     if out.numel() == 0:
         return out
-    # Small tiles (2048 elements: ~60 registers a thread) so that every program of the grid is
-    # resident at once on a large GPU: the L2 reuse of the sweep needs them to run side by side.
-    bq = min(triton.next_power_of_2(post), 128)
-    bt = max(1, (1024 if _INTERPRET else 2048) // bq)
+    chunks = (offsets.shape[0] - 1) // d
+    dst = out if chunks == 1 else torch.empty((pre, chunks, d, post), dtype=_acc_dtype(A.dtype), device=A.device)
+    # Small tiles (2048 elements: ~60 registers a thread) so that many programs are resident at
+    # once: the L2 reuse needs the programs of one chunk to run side by side. A column tile is at
+    # most SEGMENT_TILE_BYTES wide, which bounds the bytes of a chunk that one tile's programs read.
+    bq = min(triton.next_power_of_2(post), 128, SEGMENT_TILE_BYTES // A.element_size())
+    bt = max(1, (1024 if _INTERPRET else SEGMENT_TILE) // bq)
     tiles_q = triton.cdiv(post, bq)
-    launch(_segment_sum_kernel)[(pre * d * tiles_q,)](
-        A, order.contiguous(), vals.contiguous(), offsets.contiguous(), out, m, post, d, rows.shape[1], tiles_q,
-        BLOCK_T=bt, BLOCK_Q=bq, num_warps=4,
+    launch(_segment_sum_kernel)[(pre * chunks * tiles_q * d,)](
+        A, order.contiguous(), vals.contiguous(), offsets.contiguous(), dst, m, post, d, rows.shape[1], chunks,
+        tiles_q, BLOCK_T=bt, BLOCK_Q=bq, num_warps=4,
     )
-    return out
+    return out if chunks == 1 else _sum_chunks(dst, out, launch)
 
 
 def _tiles(pre: int, mid: int, post: int) -> tuple[int, int, int]:
@@ -254,32 +305,119 @@ def fwht(x, launch=lambda kernel: kernel, max_n: int = MAX_FWHT_N):
 
 
 @triton.jit
+def _hadamard_rows(x, B: tl.constexpr, LOG_B: tl.constexpr, BLOCK_Q: tl.constexpr):
+    # H_B (unnormalised) along axis 0 of a [B, BLOCK_Q] tile in registers: the butterfly of
+    # _fwht_kernel, stage h = 2^st pairing rows j and j + h through a [B/2h, 2, h, BLOCK_Q] view.
+    for st in tl.static_range(LOG_B):
+        x4 = tl.permute(tl.reshape(x, (B // (2 << st), 2, 1 << st, BLOCK_Q)), (0, 2, 3, 1))
+        lo, hi = tl.split(x4)
+        x = tl.reshape(tl.permute(tl.join(lo + hi, lo - hi), (0, 3, 1, 2)), (B, BLOCK_Q))
+    return x
+
+
+@triton.jit
+def _hadamard_sign(k, i, dtype: tl.constexpr):
+    # H[k, i] = (-1)^popcount(k & i) (Sylvester ordering) for 32-bit k, i, as 1.0 or -1.0.
+    par = k & i
+    par = par ^ (par >> 16)
+    par = par ^ (par >> 8)
+    par = par ^ (par >> 4)
+    par = par ^ (par >> 2)
+    par = par ^ (par >> 1)
+    return (1 - 2 * (par & 1)).to(dtype)
+
+
+@triton.jit
+def _srht_load(a_base, row0, end, POST, offs_q, mask_q, B: tl.constexpr):
+    # The block of B consecutive rows from row0 (int64) of A, BLOCK_Q columns; rows from end
+    # on are zeros (end <= n: rows past n are the zero padding to N).
+    rows = row0 + tl.arange(0, B)
+    return tl.load(a_base + rows[:, None] * POST + offs_q[None, :], mask=(rows < end)[:, None] & mask_q[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _srht_transform(x, signs_ptr, row0, N_IN, acc_ty: tl.constexpr, B: tl.constexpr, LOG_B: tl.constexpr,
+                    BLOCK_Q: tl.constexpr):
+    # H_B D x for the block that _srht_load read from row0.
+    rows = row0 + tl.arange(0, B)
+    sg = tl.load(signs_ptr + rows, mask=rows < N_IN, other=0.0).to(acc_ty)
+    return _hadamard_rows(x.to(acc_ty) * sg[:, None], B, LOG_B, BLOCK_Q)
+
+
+@triton.jit
+def _srht_strip_kernel(
+    a_ptr, signs_ptr, dest_ptr, slot_ptr, ka_ptr, u_ptr, out_ptr,
+    N_IN, POST, NBLK, STRIP, STRIPS, C, D, TILES_Q,
+    B: tl.constexpr, LOG_B: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_Q: tl.constexpr, PREFETCH: tl.constexpr,
+):
+    # Program (p, strip, q), q fastest: blocks [strip * STRIP, strip * STRIP + STRIP) of B rows
+    # x BLOCK_Q columns, one after the other: D and H_B in registers; the rows k_b that some
+    # sampled output s = k_a * B + k_b needs go to this program's C x BLOCK_Q slice of u (a
+    # scratch buffer rewritten for every block, so it stays in L2); each output then
+    # reads its row back and adds it with the sign H_a[k_a, block] into acc [BLOCK_S >= D,
+    # BLOCK_Q]. (tl.gather from registers would do the exchange without memory, but it
+    # compiles to about one shuffle per register of the tile per gathered element.)
+    # Writes acc / sqrt(D) to out[p, strip]. PREFETCH: the next block's load is issued before
+    # this block's transform (one program fills an SM's registers: nothing else hides the load).
+    p, st, tq = _grid_split(STRIPS, TILES_Q)
+    p = p.to(tl.int64)
+    offs_q = (tq * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
+    mask_q = offs_q < POST
+    cols = tl.arange(0, BLOCK_Q)
+    offs_s = tl.arange(0, BLOCK_S)
+    mask_s = offs_s < D
+    acc_ty: tl.constexpr = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK_S, BLOCK_Q), dtype=acc_ty)
+    a_base = a_ptr + p * N_IN * POST
+    u_base = u_ptr + tl.program_id(0).to(tl.int64) * C * BLOCK_Q
+    blk0 = st * STRIP
+    row0 = blk0.to(tl.int64) * B
+    nb = tl.minimum(STRIP, NBLK - blk0)
+    end = tl.minimum(row0 + nb * B, N_IN)  # the strip's last row + 1 (the prefetch past it reads nothing)
+    if PREFETCH:
+        x_next = _srht_load(a_base, row0, end, POST, offs_q, mask_q, B)
+    for j in range(0, nb):
+        if PREFETCH:
+            x_raw = x_next
+            x_next = _srht_load(a_base, row0 + (j + 1) * B, end, POST, offs_q, mask_q, B)
+        else:
+            x_raw = _srht_load(a_base, row0 + j * B, end, POST, offs_q, mask_q, B)
+        x = _srht_transform(x_raw, signs_ptr, row0 + j * B, N_IN, acc_ty, B, LOG_B, BLOCK_Q)
+        # The small index vectors are loaded (from L1) for every block: kept live across the loop,
+        # they and the addresses made of them take more registers than the tile itself.
+        dest = tl.load(dest_ptr + tl.arange(0, B))  # u row of inner index k_b, or -1
+        slot = tl.load(slot_ptr + offs_s, mask=mask_s, other=0)
+        ka = tl.load(ka_ptr + offs_s, mask=mask_s, other=0)
+        tl.store(u_base + dest[:, None] * BLOCK_Q + cols[None, :], x, mask=(dest >= 0)[:, None])
+        tl.debug_barrier()  # u is written by the whole program before any of it is read
+        y = tl.load(u_base + slot[:, None] * BLOCK_Q + cols[None, :], mask=mask_s[:, None], other=0.0)
+        tl.debug_barrier()  # and read before the next block overwrites it
+        acc += y * _hadamard_sign(ka, blk0 + j, acc_ty)[:, None]
+    # 1/sqrt(D) in acc's precision: a Python float kernel argument would be a float32 scalar on
+    # CUDA (float64 outputs were off by 3e-8 relative).
+    scale = 1.0 / tl.sqrt(tl.zeros((1,), acc_ty) + D)
+    tl.store(out_ptr + ((p * STRIPS + st) * D + offs_s)[:, None] * POST + offs_q[None, :],
+             (acc * scale[:, None]).to(out_ptr.dtype.element_ty), mask=mask_s[:, None] & mask_q[None, :])
+
+
+@triton.jit
 def _srht_level1_kernel(
     a_ptr, signs_ptr, dest_ptr, u_ptr,
     N_IN, POST, NBLK, C, TILES_Q,
     B: tl.constexpr, LOG_B: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    # One block of B consecutive rows x BLOCK_Q columns: D, then H_B along the rows in registers
-    # (the butterfly of _fwht_kernel on axis 0), then only the rows some sample needs are stored.
-    pid = tl.program_id(0)
-    tq = pid % TILES_Q
-    blk = (pid // TILES_Q) % NBLK
-    p = (pid // (TILES_Q * NBLK)).to(tl.int64)
-    offs_b = tl.arange(0, B)
-    rows = blk.to(tl.int64) * B + offs_b
+    # One block of B consecutive rows x BLOCK_Q columns: D, then H_B along the rows in registers,
+    # then only the rows some sample needs are stored.
+    p, blk, tq = _grid_split(NBLK, TILES_Q)
+    p = p.to(tl.int64)
     offs_q = (tq * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
     mask_q = offs_q < POST
-    mask_r = rows < N_IN  # rows past n are the zero padding to N
-    x = tl.load(a_ptr + p * N_IN * POST + rows[:, None] * POST + offs_q[None, :],
-                mask=mask_r[:, None] & mask_q[None, :], other=0.0)
-    acc_ty = tl.float64 if u_ptr.dtype.element_ty == tl.float64 else tl.float32
-    sg = tl.load(signs_ptr + rows, mask=mask_r, other=0.0).to(acc_ty)
-    x = x.to(acc_ty) * sg[:, None]
-    for st in tl.static_range(LOG_B):
-        x4 = tl.permute(tl.reshape(x, (B // (2 << st), 2, 1 << st, BLOCK_Q)), (0, 2, 3, 1))
-        lo, hi = tl.split(x4)
-        x = tl.reshape(tl.permute(tl.join(lo + hi, lo - hi), (0, 3, 1, 2)), (B, BLOCK_Q))
-    dest = tl.load(dest_ptr + offs_b).to(tl.int64)  # compact slot of inner index k_b, or -1
+    acc_ty: tl.constexpr = tl.float64 if u_ptr.dtype.element_ty == tl.float64 else tl.float32
+    row0 = blk.to(tl.int64) * B
+    x = _srht_load(a_ptr + p * N_IN * POST, row0, N_IN, POST, offs_q, mask_q, B)
+    x = _srht_transform(x, signs_ptr, row0, N_IN, acc_ty, B, LOG_B, BLOCK_Q)
+    dest = tl.load(dest_ptr + tl.arange(0, B)).to(tl.int64)  # compact slot of inner index k_b, or -1
     u_rows = (p * NBLK + blk) * C + dest
     tl.store(u_ptr + u_rows[:, None] * POST + offs_q[None, :], x,
              mask=(dest >= 0)[:, None] & mask_q[None, :])
@@ -291,47 +429,59 @@ def _srht_level2_kernel(
     POST, NBLK, C, D, TILES_Q,
     BLOCK_A: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    # Output row s = k_a * B + k_b: sum over blocks i_a of H_a[k_a, i_a] u[i_a, slot(k_b)], with
-    # H_a[k, i] = (-1)^popcount(k & i) (Sylvester ordering).
-    pid = tl.program_id(0)
-    tq = pid % TILES_Q
-    s = (pid // TILES_Q) % D
-    p = (pid // (TILES_Q * D)).to(tl.int64)
+    # Output row s = k_a * B + k_b: sum over blocks i_a of H_a[k_a, i_a] u[i_a, slot(k_b)].
+    p, s, tq = _grid_split(D, TILES_Q)
+    p = p.to(tl.int64)
     offs_q = (tq * BLOCK_Q + tl.arange(0, BLOCK_Q)).to(tl.int64)
     mask_q = offs_q < POST
     ka = tl.load(ka_ptr + s)
     slot = tl.load(slot_ptr + s).to(tl.int64)
     acc = tl.zeros((BLOCK_Q,), dtype=tl.float64 if u_ptr.dtype.element_ty == tl.float64 else tl.float32)
-    # 1/sqrt(d) computed here in acc's precision: passed as a Python float it would be a float32
-    # scalar on CUDA (the float64 outputs were off by 3e-8 relative).
-    scale = 1.0 / tl.sqrt(tl.zeros((1,), acc.dtype) + D)
+    scale = 1.0 / tl.sqrt(tl.zeros((1,), acc.dtype) + D)  # see _srht_strip_kernel
     for a0 in range(0, NBLK, BLOCK_A):
         ia = a0 + tl.arange(0, BLOCK_A)
-        par = ka & ia
-        par = par ^ (par >> 16)
-        par = par ^ (par >> 8)
-        par = par ^ (par >> 4)
-        par = par ^ (par >> 2)
-        par = par ^ (par >> 1)
-        sign = (1 - 2 * (par & 1)).to(acc.dtype)
         u = tl.load(u_ptr + ((p * NBLK + ia.to(tl.int64)) * C + slot)[:, None] * POST + offs_q[None, :],
                     mask=(ia < NBLK)[:, None] & mask_q[None, :], other=0.0)
-        acc += tl.sum(u * sign[:, None], axis=0)
+        acc += tl.sum(u * _hadamard_sign(ka, ia, acc.dtype)[:, None], axis=0)
     tl.store(out_ptr + p * D * POST + s * POST + offs_q, (acc * scale).to(out_ptr.dtype.element_ty), mask=mask_q)
 
 
 SRHT_BLOCK = 1024  # rows per first-level block (B x 8 float32 columns stay in registers)
+SRHT_STRIP_ROWS = 1 << 14  # rows of A one strip program transforms (a multiple of the block)
+SRHT_MAX_ACC = 4096  # largest d x column-tile accumulator of a strip program (else two levels)
+SRHT_STRIP_WARPS = 8
+SRHT_PREFETCH = True  # strip kernel: load block j + 1 while transforming block j
 
 
-def srht_sampled(A, signs, index, dim: int, launch=lambda kernel: kernel, block: int = SRHT_BLOCK):
+def _srht_tile_q(B: int, post: int, acc: torch.dtype) -> int:
+    # Register tile of B x bq elements: 8192 (float32) compiles for sm_90 to ~100 registers a thread
+    # at 8 warps, so two programs share an SM and one's loads overlap the other's butterflies.
+    budget = 4096 if _INTERPRET or acc == torch.float64 else 8192
+    return min(triton.next_power_of_2(post), max(1, budget // B))
+
+
+def srht_sampled(A, signs, index, dim: int, launch=lambda kernel: kernel, block: int = SRHT_BLOCK,
+                 strip_rows: int | None = SRHT_STRIP_ROWS, max_acc: int = SRHT_MAX_ACC):
     """y = √(N/d) R (H_N/√N) D pad(A) along ``dim`` (wrapped; not the last axis), d = len(index).
 
     Only the d sampled rows of H_N D A are needed. With N = a·B, row i = i_a·B + i_b and
-    H_N = H_a ⊗ H_B: (1) every block of B consecutive rows is multiplied by D and transformed by
-    H_B in registers, and only the rows k_b that some sampled index k = k_a·B + k_b ends in are
-    written (at most min(B, d) of B: u [pre, a, C, post]); (2) each sampled output sums its
-    column of u over the a blocks with the signs of H_a. A is read once; u is written once and
-    read about once, a fraction ≈ C/B of A's size.
+    H_N = H_a ⊗ H_B, sampled row k = k_a·B + k_b is Σ_{i_a} H_a[k_a, i_a] (H_B D A_{i_a})[k_b],
+    A_{i_a} the block of B consecutive rows i_a·B .. i_a·B + B - 1.
+
+    Strips (when d x the column tile fits ``max_acc`` accumulators): every program transforms
+    the blocks of a strip of ``strip_rows`` rows one by one (D, then H_B in registers), puts the
+    rows k_b that some sample needs into its own small slice of a scratch buffer (C x column
+    tile, rewritten for every block: it stays in L2) and adds each sample's row back, signed
+    by H_a[k_a, i_a], into its d accumulators; the per-strip partial sums [pre, strips, d, post]
+    are summed after (one strip: straight into the output). A is read once; besides the output
+    only the partials (d/strip_rows of A's size) and the scratch (one slice per program, about
+    C/strip_rows of A's size) are written.
+    Two levels (larger d, or ``strip_rows=None``): (1) each block is transformed and only the
+    rows k_b that some sampled index ends in are written (at most C = min(B, d) of B: u [pre, a,
+    C, post]); (2) each sampled output sums its column of u over the a blocks with the signs of
+    H_a. A is read once; u is written once and read about once, a fraction ≈ C/B of A's size
+    (about 0.4 each way at B = 1024, d = 512): that traffic is what the strips avoid. Reading u
+    back from L2 alone would not remove it: a freshly written u still goes to HBM when evicted.
     """
     A = A.contiguous()
     pre, n, post = _layout(A.shape, dim)
@@ -339,6 +489,14 @@ def srht_sampled(A, signs, index, dim: int, launch=lambda kernel: kernel, block:
     B = min(N, block)
     nblk = N // B
     d = index.shape[0]
+    acc = _acc_dtype(A.dtype)
+    out_shape = list(A.shape)
+    out_shape[dim] = d
+    out = torch.empty(out_shape, dtype=A.dtype, device=A.device)
+    if out.numel() == 0:
+        return out
+    bq = _srht_tile_q(B, post, acc)
+    tiles_q = triton.cdiv(post, bq)
     # Compact slots for the needed inner indices, computed on the device without a host sync:
     # slot(k_b) = rank of k_b among the needed ones; C = min(B, d) bounds their number.
     kb, ka = index % B, index // B
@@ -347,18 +505,20 @@ def srht_sampled(A, signs, index, dim: int, launch=lambda kernel: kernel, block:
     dest = torch.where(needed > 0, pos, torch.full_like(pos, -1))
     slot = pos[kb]
     C = min(B, d)
-    acc = _acc_dtype(A.dtype)
+    block_s = triton.next_power_of_2(d)
+    if strip_rows is not None and block_s * bq <= max_acc:
+        strip = max(1, strip_rows // B)
+        strips = triton.cdiv(nblk, strip)
+        grid = pre * strips * tiles_q
+        dst = out if strips == 1 else torch.empty((pre, strips, d, post), dtype=acc, device=A.device)
+        u = torch.empty((grid, C, bq), dtype=acc, device=A.device)  # one slice per program
+        launch(_srht_strip_kernel)[(grid,)](
+            A, signs.to(acc).contiguous(), dest, slot.contiguous(), ka.to(torch.int32).contiguous(), u, dst,
+            n, post, nblk, strip, strips, C, d, tiles_q, B=B, LOG_B=B.bit_length() - 1, BLOCK_S=block_s,
+            BLOCK_Q=bq, PREFETCH=SRHT_PREFETCH, num_warps=SRHT_STRIP_WARPS,
+        )
+        return out if strips == 1 else _sum_chunks(dst, out, launch)
     u = torch.empty((pre, nblk, C, post), dtype=acc, device=A.device)
-    out_shape = list(A.shape)
-    out_shape[dim] = d
-    out = torch.empty(out_shape, dtype=A.dtype, device=A.device)
-    if out.numel() == 0:
-        return out
-    # Register tile of B x bq elements: 8192 (float32) compiles for sm_90 to ~100 registers a thread
-    # at 8 warps, so two programs share an SM and one's loads overlap the other's butterflies.
-    budget = 4096 if _INTERPRET or acc == torch.float64 else 8192
-    bq = min(triton.next_power_of_2(post), max(1, budget // B))
-    tiles_q = triton.cdiv(post, bq)
     launch(_srht_level1_kernel)[(pre * nblk * tiles_q,)](
         A, signs.to(acc).contiguous(), dest, u, n, post, nblk, C, tiles_q,
         B=B, LOG_B=B.bit_length() - 1, BLOCK_Q=bq, num_warps=8,
@@ -370,4 +530,3 @@ def srht_sampled(A, signs, index, dim: int, launch=lambda kernel: kernel, block:
         BLOCK_A=max(1, min(triton.next_power_of_2(nblk), 4096 // bq2)), BLOCK_Q=bq2, num_warps=4,
     )
     return out
-

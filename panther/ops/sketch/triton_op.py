@@ -3,10 +3,10 @@
 torch.ops.panther.sparse_sketch_apply_triton / sparse_sketch_apply_t_triton / fwht_triton
 have the schema, math and gradients of the C++ ops sparse_sketch_apply / _t / fwht.
 torch.ops.panther.sparse_sketch_apply_sorted_triton(A, rows, vals, order, offsets, d, dim) is
-sparse_sketch_apply with the operator's non-zeros also given bucket-sorted by output row
-(``bucket_order``), for the segmented-sum kernel on CUDA; elsewhere it is the C++ op.
+sparse_sketch_apply with the operator's non-zeros also given sorted by (chunk of input rows,
+output row) (``bucket_order``), for the segmented-sum kernel on CUDA; elsewhere it is the C++ op.
 torch.ops.panther.srht_apply_triton(A, signs, index, dim): the SRHT along ``dim`` (see
-panther.sketch.srht); on CUDA along a non-last axis the two-level sampled Hadamard kernels
+panther.sketch.srht); on CUDA along a non-last axis the sampled two-level Hadamard kernel
 (triton_kernels.srht_sampled), elsewhere the composite of the fwht op. On CUDA
 they launch the Triton kernels of triton_kernels.py; on every other device (CPU in CI)
 their body calls the C++ op, so one entry point serves all devices, eagerly and under
