@@ -120,7 +120,7 @@ def sketch_jobs():
               {"order_ptr": "*i32", "offsets_ptr": "*i64"}, BLOCK_T=sk.SEGMENT_TILE // 128, BLOCK_Q=128)
     yield job("chunk sum", sk._chunk_sum_kernel, 4, {}, BLOCK_C=8, BLOCK=256)
     for block_s, prefetch in ((512, True), (512, False), (1024, True)):
-        yield job(f"srht strip (d <= {block_s}, prefetch={prefetch})", sk._srht_strip_kernel, 8,
+        yield job(f"srht strip (d <= {block_s}, prefetch={prefetch})", sk._srht_strip_kernel, sk.SRHT_STRIP_WARPS,
                   {"dest_ptr": "*i32", "slot_ptr": "*i32", "ka_ptr": "*i32"}, B=1024, LOG_B=10, BLOCK_S=block_s,
                   BLOCK_Q=8, PREFETCH=prefetch)
     yield job("srht level 1", sk._srht_level1_kernel, 8, {"dest_ptr": "*i32"}, B=1024, LOG_B=10, BLOCK_Q=8)
