@@ -93,7 +93,8 @@ def test_mlp_export_equals_compiled_and_drops_dense_weights(init):
     x = torch.randn(8, 64) * torch.logspace(0, -2, 64)
     opts = {"num_terms": 1, "low_rank": 8, "seed": 3, "init": init}
     ep = pr.export(model, (x,), options=opts)
-    assert targets(ep).count(panther_ops.lowrank_linear.default) == 2
+    assert targets(ep).count(panther_ops.lowrank_expand_project.default) == 1  # fc1 -> gelu -> fc2, fused
+    assert panther_ops.lowrank_linear.default not in targets(ep)
     assert torch.ops.aten.linear.default in targets(ep)  # tiny: sketching cannot win, kept dense
     assert {"fc1.weight", "fc2.weight"}.isdisjoint(ep.state_dict) and "tiny.weight" in ep.state_dict
     assert {"panther_fc1_A", "panther_fc1_B", "panther_fc2_A", "panther_fc2_B"} <= set(ep.state_dict)
@@ -144,7 +145,8 @@ def test_transformer_export_fuses_qkv_and_sketches_attention_like_compiled():
     ep = pr.export(model, (x,), options=opts)
     t = targets(ep)
     assert panther_ops.favor_attention.default in t and torch.ops.aten.scaled_dot_product_attention.default not in t
-    assert t.count(torch.ops.aten.mm.default) == 1  # x·[A_q A_k A_v] shared, on the rows of x
+    assert t.count(torch.ops.aten.mm.default) == 2  # x·[A_q A_k A_v] shared, on the rows of x; the MLP's x·A1
+    assert t.count(panther_ops.lowrank_expand_project.default) == 1  # up -> gelu -> down, hidden never stored
     assert "panther_attn_features" in ep.state_dict  # named after the module, as in the compiled graph
     with torch.no_grad():
         out = ep.module()(x)
@@ -160,7 +162,8 @@ def test_hf_bert_from_config_export_equals_compiled():
     ids = torch.randint(0, 64, (2, 12))
     opts = {"num_terms": 1, "low_rank": 8, "seed": 5}
     ep = pr.export(model, (ids,), options=opts)
-    assert targets(ep).count(panther_ops.lowrank_linear.default) == 7  # o, up, down per layer; pooler
+    assert targets(ep).count(panther_ops.lowrank_linear.default) == 3  # o per layer; pooler
+    assert targets(ep).count(panther_ops.lowrank_expand_project.default) == 2  # up -> gelu -> down per layer
     fused_a = [k for k in ep.state_dict if k.endswith("_A") and "+" not in k and k.count("query") and k.count("value")]
     assert len(fused_a) == 2, list(ep.state_dict)  # one shared x·[A_q A_k A_v] per layer
     with torch.no_grad():
@@ -281,7 +284,8 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
         ops = {{str(n.target) for n in ep.graph.nodes if n.op == "call_function"}}
         print("ok", sorted(op for op in ops if op.startswith("panther.")))
         """, tmp_path)
-    assert "ok ['panther.favor_attention.default', 'panther.lowrank_linear.default']" in out
+    assert ("ok ['panther.favor_attention.default', 'panther.lowrank_expand_project.default', "
+            "'panther.lowrank_linear.default']") in out
     dense = tmp_path / "dense.pt2"
     torch.export.save(torch.export.export(model, (x,)), dense)
     assert path.stat().st_size < dense.stat().st_size  # the factors are smaller than the weights they replace

@@ -137,3 +137,19 @@ def test_eager_cuda_calls_keep_the_cpp_op_below_the_launch_cost():
     assert triton_kernels.preferred(131072, 16, torch.float16, compiled=False, **kw)  # 4 GiB moved
     assert not triton_kernels.preferred(8192, 64, torch.float16, compiled=True, **kw)  # cuBLAS wins at rank 128
     assert not triton_kernels.preferred(4096, 16, torch.float16, compiled=True, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_gelu_epilogue_is_exact_to_the_output_rounding(dtype):
+    """y = gelu(0 * B + bias) puts the epilogue's GELU alone on a grid of [-10, 10]: 16-bit
+    outputs use the Abramowitz-Stegun erf (|error| < 2.2e-7 before rounding), float32 libdevice's
+    erf (whose 1 + erf cancels in the negative tail, as PyTorch's own GELU does); either way
+    within one rounding at the scale of the inputs (|x| ~ 1) of the float64 GELU."""
+    bias = torch.linspace(-10, 10, 4001, dtype=torch.float64)
+    h = torch.zeros(3, 4, device=KERNEL_DEVICE, dtype=dtype)
+    B = torch.zeros(4, bias.numel(), device=KERNEL_DEVICE, dtype=dtype)
+    b = bias.to(KERNEL_DEVICE, dtype)
+    y = triton_kernels.lowrank_expand(h, B, b, "gelu")
+    want = F.gelu(b.double())
+    bound = torch.finfo(dtype).eps * (want.abs() + 1) + 2.2e-7
+    assert ((y[0].double() - want).abs() <= bound).all()

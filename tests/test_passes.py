@@ -185,6 +185,86 @@ def test_fusion_shares_one_product_and_matches_unfused():
     assert t_unfused.count(torch.ops.panther.lowrank_linear.default) == 4
 
 
+class Chain(nn.Module):
+    """fc1 -> act -> fc2 -> act -> fc3, optionally with a second use of the first hidden layer
+    or a dropout in between (which keep the linears apart)."""
+
+    def __init__(self, act, d=64, h=128, leak=False, dropout=False):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(d, h), nn.Linear(h, h), nn.Linear(h, d)
+        self.act, self.leak, self.drop = act, leak, nn.Dropout(0.1) if dropout else nn.Identity()
+
+    def forward(self, x):
+        z = self.fc1(x)
+        a = self.drop(self.act(z))
+        y = self.fc3(self.act(self.fc2(a)))
+        return (y, z.sum()) if self.leak else y
+
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+               "silu": F.silu, "relu_module": nn.ReLU(), "gelu_module": nn.GELU(), "torch_relu": torch.relu,
+               "method_relu": lambda z: z.relu()}
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_mlp_chain_fuses_and_matches_unfused(act):
+    """fc1 -> act -> fc2 becomes x·A1, lowrank_expand_project, ·B2 + b2 (the first chain wins
+    where two overlap: fc3 keeps its own op), equal to the unfused rewrite."""
+    torch.manual_seed(0)
+    model = Chain(ACTIVATIONS[act]).eval()
+    x = torch.randn(2, 5, 64)
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
+    fused, cap = run(model, x, options=opts)
+    torch.compiler.reset()
+    unfused, cap2 = run(model, x, options={**opts, "fuse": False})
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
+    t = targets_of(cap.graphs[0])
+    ops = torch.ops.panther
+    assert t.count(ops.lowrank_expand_project.default) == 1 and t.count(ops.lowrank_linear.default) == 1
+    assert targets_of(cap2.graphs[0]).count(ops.lowrank_linear.default) == 3
+    (node,) = [n for n in cap.graphs[0].graph.nodes if n.target is ops.lowrank_expand_project.default]
+    assert node.args[-1] == {"relu_module": "relu", "gelu_module": "gelu", "torch_relu": "relu",
+                             "method_relu": "relu"}.get(act, act)
+
+
+@pytest.mark.parametrize("kw", [{"leak": True}, {"dropout": True}])
+def test_mlp_chain_needs_the_activation_as_the_only_link(kw):
+    """A second use of the first linear's output, or a dropout (training-mode op in the graph)
+    between the two linears: no fusion there."""
+    torch.manual_seed(0)
+    model = Chain(F.gelu, **kw).train(kw.get("dropout", False))
+    x = torch.randn(3, 64)
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
+    _, cap = run(model, x, options=opts)
+    t = targets_of(cap.graphs[0])
+    # fc1 keeps its own op; fc2 -> gelu -> fc3 still fuses
+    assert t.count(torch.ops.panther.lowrank_linear.default) == 1
+    assert t.count(torch.ops.panther.lowrank_expand_project.default) == 1
+    (fc1,) = [n for n in cap.graphs[0].graph.nodes if n.target is torch.ops.panther.lowrank_linear.default]
+    assert fc1.args[0].name == "l_x_"
+
+
+def test_activation_of_reads_only_plain_out_of_place_activations():
+    from panther.passes.fusion import activation_of
+
+    def act_node(fn):
+        gm = torch.fx.symbolic_trace(fn)
+        return [n for n in gm.graph.nodes if n.op in ("call_function", "call_method")][0]
+
+    aten = torch.ops.aten
+    assert activation_of(act_node(lambda z: F.gelu(z, approximate="tanh"))) == "gelu_tanh"
+    assert activation_of(act_node(lambda z: F.gelu(z))) == "gelu"
+    assert activation_of(act_node(lambda z: F.relu(z, inplace=True))) is None
+    assert activation_of(act_node(lambda z: F.silu(z, True))) is None
+    assert activation_of(act_node(lambda z: torch.tanh(z))) is None
+    g = torch.fx.Graph()
+    z = g.placeholder("z")
+    assert activation_of(g.call_function(aten.gelu.default, (z,), {"approximate": "tanh"})) == "gelu_tanh"
+    assert activation_of(g.call_function(aten.gelu.default, (z, "sigmoid"))) is None
+    assert activation_of(g.call_function(aten.silu.default, (z,))) == "silu"
+    assert activation_of(g.call_function(aten.relu.default, (z, z))) is None  # an argument we do not read
+
+
 def test_attention_rewrite_equals_favor_with_the_same_features():
     torch.manual_seed(0)
     model = QKV(causal=True).eval()

@@ -10,6 +10,9 @@
   as from SDPA.
 * linears that read the same input and are all sketched -> one shared ``x @ [A_1 .. A_n]``,
   then a slice and ``addmm`` per consumer (``fusion.py`` finds the groups).
+* sketched linear -> activation -> sketched linear (an MLP) -> ``x @ A1``, then
+  ``panther.lowrank_expand_project(t, B1, A2, b1, act)`` (the hidden activation never stored),
+  then ``addmm(b2, u, B2)`` (``fusion.py`` finds the chains).
 
 Factors are installed once per layer name through a :class:`ConstantInstaller` (``get_attr``
 buffers on the GraphModule by default; export installs them its own way). New nodes get
@@ -28,7 +31,7 @@ from torch import fx
 from ..plan import Plan
 from .candidates import Candidate, value_of
 from .factors import attention_projection, conv_factors, linear_factors, lowrank_pair
-from .fusion import shared_input_groups
+from .fusion import mlp_chains, shared_input_groups
 from .masks import emit_empty_rows_zero, emit_key_padding
 
 aten = torch.ops.aten
@@ -149,10 +152,16 @@ def apply_plan(gm: fx.GraphModule, candidates: list[Candidate], plan: Plan, *, s
         except Exception as err:  # noqa: BLE001 — reported with the node's name, then the backend falls back
             raise RewriteError(cand.node.name, f"computing factors for {cand.name!r} failed: {err}") from err
 
-    groups = shared_input_groups([c for c in chosen if c.kind == "linear"]) if fuse else []
+    linears = [c for c in chosen if c.kind == "linear"]
+    groups = shared_input_groups(linears) if fuse else []
     fused = {c.node for group in groups for c in group}
     for group in groups:
         _rewrite_fused(emit, group, prepared)
+    for up, activation, down in mlp_chains([c for c in linears if c.node not in fused]) if fuse else []:
+        if up.node in fused or down.node in fused:  # chains of three linears overlap: first come
+            continue
+        _rewrite_mlp(emit, up, activation, down, prepared)
+        fused.update((up.node, down.node))
     for cand in chosen:
         if cand.node in fused:
             continue
@@ -228,29 +237,62 @@ def _rewrite_fused(emit, group: list[Candidate], prepared) -> None:
     first = group[0].node  # groups are in graph order
     pairs = [prepared[c.node] for c in group]
     key = "+".join(c.name for c in group)
-    x = group[0].info["input"]
-    shape = value_of(x).shape
     try:
         with gm.graph.inserting_before(first):
             a_cat = emit.installer.node(f"{key}.A", torch.cat([A for A, _ in pairs], dim=1).contiguous(), first)
-            rows = emit.call(aten.reshape.default, (x, [-1, shape[-1]]), first)
+            rows, lead = _rows(emit, group[0].info["input"], pairs[0][0].shape[0], first)
             shared = emit.call(aten.mm.default, (rows, a_cat), first)
-            lead = [size if isinstance(size, int) else emit.call(aten.sym_size.int, (x, dim), first)
-                    for dim, size in enumerate(shape[:-1])]
         offset = 0
         replacements = []
         for cand, (A, B) in zip(group, pairs):
             rank = A.shape[1]
             with gm.graph.inserting_before(cand.node):
                 part = emit.call(aten.slice.Tensor, (shared, 1, offset, offset + rank), cand.node)
-                b = emit.installer.node(f"{cand.name}.B", B.contiguous(), cand.node)
-                bias = _bias(cand)
-                out = (emit.call(aten.addmm.default, (bias, part, b), cand.node) if bias is not None
-                       else emit.call(aten.mm.default, (part, b), cand.node))
-                replacements.append(emit.call(aten.reshape.default, (out, [*lead, B.shape[1]]), cand.node))
+                replacements.append(_expand(emit, cand, part, B, lead))
             offset += rank
     except Exception as err:  # noqa: BLE001
         raise RewriteError(first.name, f"fusing {[c.name for c in group]} failed: {err}") from err
     for cand, new in zip(group, replacements):
         cand.node.replace_all_uses_with(new)
         gm.graph.erase_node(cand.node)
+
+
+def _rows(emit, x: fx.Node, in_features: int, like: fx.Node):
+    """x.reshape(-1, in_features) and x's leading sizes (``sym_size`` nodes where symbolic)."""
+    shape = value_of(x).shape
+    rows = emit.call(aten.reshape.default, (x, [-1, in_features]), like)
+    lead = [size if isinstance(size, int) else emit.call(aten.sym_size.int, (x, dim), like)
+            for dim, size in enumerate(shape[:-1])]
+    return rows, lead
+
+
+def _expand(emit, cand: Candidate, h: fx.Node, B: torch.Tensor, lead) -> fx.Node:
+    """addmm(bias, h, B) (mm without bias) on the rows h, reshaped to the linear's output."""
+    b = emit.installer.node(f"{cand.name}.B", B.contiguous(), cand.node)
+    bias = _bias(cand)
+    out = (emit.call(aten.addmm.default, (bias, h, b), cand.node) if bias is not None
+           else emit.call(aten.mm.default, (h, b), cand.node))
+    return emit.call(aten.reshape.default, (out, [*lead, B.shape[1]]), cand.node)
+
+
+def _rewrite_mlp(emit, up: Candidate, activation: str, down: Candidate, prepared) -> None:
+    """y = addmm(b2, lowrank_expand_project(x2 @ A1, B1, A2, b1, act), B2) on the rows x2 of x,
+    replacing up, its activation and down (built before any of them is touched)."""
+    gm = emit.gm
+    (A1, B1), (A2, B2) = prepared[up.node], prepared[down.node]
+    act_node = down.info["input"]
+    try:
+        with gm.graph.inserting_before(down.node):
+            a1 = emit.installer.node(f"{up.name}.A", A1.contiguous(), down.node)
+            b1 = emit.installer.node(f"{up.name}.B", B1.contiguous(), down.node)
+            a2 = emit.installer.node(f"{down.name}.A", A2.contiguous(), down.node)
+            rows, lead = _rows(emit, up.info["input"], A1.shape[0], up.node)
+            t = emit.call(aten.mm.default, (rows, a1), up.node)
+            u = emit.call(panther.lowrank_expand_project.default, (t, b1, a2, _bias(up), activation), act_node)
+            new = _expand(emit, down, u, B2, lead)
+    except Exception as err:  # noqa: BLE001
+        raise RewriteError(up.node.name, f"fusing the MLP {up.name!r} -> {activation} -> {down.name!r} failed: "
+                                         f"{err}") from err
+    down.node.replace_all_uses_with(new)
+    for node in (down.node, act_node, up.node):
+        gm.graph.erase_node(node)

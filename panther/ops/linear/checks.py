@@ -76,6 +76,13 @@ def check_expand(h, B) -> None:
     check_like(B, "B", h, "h")
 
 
+def check_expand_project(h, B, C) -> None:
+    check_expand(h, B)
+    check_dim(C, "C", 2)
+    check_size(C, "C", 0, B.shape[1], "hidden features, from B [r1, hidden]")
+    check_like(C, "C", h, "h")
+
+
 def check_bias(bias, x: torch.Tensor, out_features: int) -> None:
     if bias is None:
         return

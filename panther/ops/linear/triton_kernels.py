@@ -95,10 +95,28 @@ def _rank_offsets(offs_r, k, stride_term, stride_rank):
 
 
 @triton.jit
-def _activate(out, ACTIVATION: tl.constexpr):
-    """The epilogue activation on float32 values (ACTIVATIONS gives the codes)."""
+def _gelu_16bit(x):
+    """Exact GELU x Phi(x) for results rounded to 16 bits: Phi from Abramowitz & Stegun 7.1.26
+    (erfc(a) = poly(t) exp(-a^2), t = 1 / (1 + p a)), absolute error below 2.2e-7 against the
+    float64 GELU, far under bf16/fp16 rounding. Two special-function ops and a few FMAs, where
+    libdevice's erf costs ~40 instructions (H200: the fused MLP middle at 8192 x 4096 spent
+    0.05 ms of its 0.078 in erf). Computing Phi for x < 0 directly as erfc / 2 avoids
+    cancelling 1 + erf."""
+    a = tl.abs(x) * 0.7071067811865476
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    half_erfc = 0.5 * poly * tl.exp2(-1.4426950408889634 * a * a)
+    return x * tl.where(x < 0, half_erfc, 1.0 - half_erfc)
+
+
+@triton.jit
+def _activate(out, ACTIVATION: tl.constexpr, EXACT_GELU: tl.constexpr = True):
+    """The epilogue activation on float32 values (ACTIVATIONS gives the codes). EXACT_GELU
+    False: the GELU for 16-bit results (``_gelu_16bit``), otherwise libdevice's erf."""
     if ACTIVATION == 1:  # relu
         out = tl.maximum(out, 0.0)
+    elif ACTIVATION == 2 and not EXACT_GELU:
+        out = _gelu_16bit(out)
     elif ACTIVATION == 2:  # gelu, exact (erf)
         out = 0.5 * out * (1.0 + tl.math.erf(out * 0.7071067811865476))
     elif ACTIVATION == 3:  # gelu, tanh approximation: tanh(u) = 2 sigmoid(2u) - 1
@@ -192,7 +210,7 @@ def _expand_kernel(
         out = tl.dot(h_q, v, out, input_precision=DOT_PRECISION)
         if HAS_BIAS:
             out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        out = _activate(out, ACTIVATION)
+        out = _activate(out, ACTIVATION, ELEMENT_SIZE == 4)
         # y is written once and never read here: streaming stores (evict first) keep the
         # factors and partials in L2.
         tl.store(y_ptr + rows[:, None] * stride_ym + offs_n[None, :] * stride_yn,

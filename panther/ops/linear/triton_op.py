@@ -8,6 +8,9 @@ torch.ops.panther.lowrank_linear_triton(x, A, B, bias=None, activation="none")
 torch.ops.panther.lowrank_expand(h, B, bias=None, activation="none")
     act(h B + bias) for a thin h [..., r] (r <= 256), e.g. one slice of a projection
     shared by several linears: the expansion kernel alone.
+torch.ops.panther.lowrank_expand_project(h, B, C, bias=None, activation="none")
+    act(h B + bias) C for thin h [..., r1] and C [hidden, r2]: the middle of a low-rank MLP
+    (mlp_kernels.py), its hidden activation never stored.
 
 On CUDA each op runs its Triton kernels where ``triton_kernels.preferred`` says they win
 (measured); elsewhere, and on every other device (CPU in CI), the same op runs the C++
@@ -24,7 +27,7 @@ from . import checks
 from .activation import activate, activation_backward, check_activation
 from .op import lowrank_linear_grads, setup_sketched, sketched_linear_backward
 
-sketched_linear_triton = lowrank_linear_triton = lowrank_expand = None
+sketched_linear_triton = lowrank_linear_triton = lowrank_expand = lowrank_expand_project = None
 _ops = torch.ops.panther
 
 
@@ -49,8 +52,14 @@ def _expand_rows(h: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None) ->
     return y.view(*h.shape[:-1], B.shape[1])
 
 
+def _expand_project_rows(h, B, C, bias, activation: str) -> torch.Tensor:
+    """act(h B + bias) C on the rows of h, the hidden activation stored (the unfused graph)."""
+    a = activate(_expand_rows(h, B, bias), activation)
+    return (a.reshape(-1, C.shape[0]) @ C).view(*h.shape[:-1], C.shape[1])
+
+
 if triton_available:
-    from . import triton_kernels
+    from . import mlp_kernels, triton_kernels
 
     def _use_triton(x, rows, rank, n_in, n_out) -> bool:
         return x.device.type == "cuda" and triton_kernels.preferred(
@@ -135,3 +144,39 @@ if triton_available:
         return dh, dB, dbias, None
 
     lowrank_expand.register_autograd(_expand_backward, setup_context=_setup_expand)
+
+    @torch.library.triton_op("panther::lowrank_expand_project", mutates_args=())
+    def lowrank_expand_project(
+        h: torch.Tensor, B: torch.Tensor, C: torch.Tensor, bias: torch.Tensor | None = None,
+        activation: str = "none",
+    ) -> torch.Tensor:
+        checks.check_expand_project(h, B, C)
+        r1, hidden = B.shape
+        checks.check_bias(bias, h, hidden)
+        check_activation(activation)
+        rows = h.numel() // max(r1, 1)
+        if not (h.device.type == "cuda" and mlp_kernels.preferred(rows, hidden, r1, C.shape[1], h.dtype,
+                                                                   compiled=_compiling(h))):
+            return _expand_project_rows(h, B, C, bias, activation)
+        u = mlp_kernels.expand_project(h.reshape(-1, r1), B, bias, activation, C, launch=torch.library.wrap_triton)
+        return u.view(*h.shape[:-1], C.shape[1])
+
+    def _setup_expand_project(ctx, inputs, output):
+        h, B, C, bias, activation = _with_defaults(inputs, 3, (None, "none"))
+        ctx.save_for_backward(h, B, C, bias)
+        ctx.activation = activation
+
+    def _expand_project_backward(ctx, grad):
+        # The hidden activation is recomputed (the forward never stored it).
+        h, B, C, bias = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        h2, g2 = h.reshape(-1, B.shape[0]), grad.reshape(-1, C.shape[1])
+        z = _expand_rows(h2, B, bias)
+        dz = activation_backward(g2 @ C.t(), z, ctx.activation)
+        dh = (dz @ B.t()).view(h.shape) if needs[0] else None
+        dB = (h2.t() @ dz) if needs[1] else None
+        dC = (activate(z, ctx.activation).t() @ g2) if needs[2] else None
+        dbias = dz.sum(0) if bias is not None and needs[3] else None
+        return dh, dB, dC, dbias, None
+
+    lowrank_expand_project.register_autograd(_expand_project_backward, setup_context=_setup_expand_project)

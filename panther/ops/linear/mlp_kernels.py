@@ -1,0 +1,171 @@
+"""Triton kernel for u = act(h B + b) C: the middle of a low-rank MLP, hidden layer never stored.
+
+A sketched MLP  y = act(x A1 B1 + b1) A2 B2 + b2  runs as two thin GEMMs at its ends
+(t = x A1 and y = u B2 + b2, cuBLAS) and this kernel in between. Unfused, the hidden
+activation [M, hidden] is written by the expansion, read and written by the activation and
+read again by the next projection: four passes over the largest tensor of the block. Here each
+program keeps a row block of h [BLOCK_M, r1] and its output accumulator [BLOCK_M, r2] in
+registers and walks the hidden axis in BLOCK_N columns: z = h B[:, n] + b[n] (float32),
+a = act(z) rounded to the input dtype (as the unfused graph rounds its stored hidden), and
+acc += a C[n, :]. Only h, the factors and u are read or written.
+
+Grid (row blocks, SPLIT): when the row blocks alone would leave SMs idle, SPLIT programs share
+one row block's hidden axis and store float32 partials [SPLIT, M, r2], summed afterwards
+(deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .activation import check_activation
+from .triton_kernels import _SHARED_MEMORY_BUDGET, _activate, _dot_precision, _sm_count, block_r
+
+# Largest rank (r1 or r2) whose tiles the kernel keeps in registers; larger ranks use cuBLAS.
+MAX_RANK = 256
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _configs():
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+    # H200, M = 8192, hidden 4096, ranks 64, bf16 GELU (ms): (64, 64, 4, 3) 0.058, (128, 64, 8, 3)
+    # 0.062, (64, 32, 4, 2) 0.065 (the smallest tiles: rank 256 in bf16), against 0.067-0.116 for
+    # 128-wide hidden blocks. Three configs keep the autotuning part of a compile short.
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in ((64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2))
+    ]
+
+
+CONFIGS = _configs()
+
+
+def smem(config, element_size: int, block_r: int) -> int:
+    """Shared memory of one program (an estimate): the pipelined B [r1, BLOCK_N] and
+    C [BLOCK_N, r2] tiles (both ranks taken as ``block_r``, the larger), h, and the activation
+    tile staged for the second product."""
+    m, n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+    return (max(config.num_stages, 1) * 2 * block_r * n + m * block_r + m * n) * element_size
+
+
+def _prune(configs, named_args, **kwargs):
+    br = max(kwargs["BLOCK_R1"], kwargs["BLOCK_R2"])
+    return [c for c in configs if smem(c, kwargs["ELEMENT_SIZE"], br) <= _SHARED_MEMORY_BUDGET]
+
+
+def _tuned(configs):
+    """PANTHER_TRITON_AUTOTUNE=0 keeps only the config with the smallest tiles (fits every
+    supported rank), so GPU test runs compile one config; tests of each config pass them."""
+    if os.environ.get("PANTHER_TRITON_AUTOTUNE", "1") == "0":
+        return [min(configs, key=lambda c: smem(c, 4, MAX_RANK))]
+    return configs
+
+
+@triton.autotune(configs=_tuned(CONFIGS),
+                 key=["M_BUCKET", "N", "N_PER_SPLIT", "BLOCK_R1", "BLOCK_R2", "HAS_BIAS", "ACTIVATION", "ELEMENT_SIZE"],
+                 prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def _expand_project_kernel(
+    h_ptr, b_ptr, bias_ptr, c_ptr, out_ptr,
+    M, N, R1, R2, N_PER_SPLIT, M_BUCKET,
+    stride_hm, stride_hr, stride_bk, stride_bn, stride_cn, stride_cr, stride_os, stride_om, stride_or,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_R1: tl.constexpr,
+    BLOCK_R2: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_R1)
+    offs_r = tl.arange(0, BLOCK_R2)
+    mask_m = offs_m < M
+    mask_k = offs_k < R1
+    mask_r = offs_r < R2
+    rows = offs_m.to(tl.int64)
+    h = tl.load(h_ptr + rows[:, None] * stride_hm + offs_k[None, :] * stride_hr,
+                mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(c_ptr.dtype.element_ty)
+    acc = tl.zeros((BLOCK_M, BLOCK_R2), dtype=tl.float32)
+    n_begin = pid_s * N_PER_SPLIT
+    for n0 in range(n_begin, tl.minimum(n_begin + N_PER_SPLIT, N), BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        b = tl.load(b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn,
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        z = tl.dot(h, b, input_precision=DOT_PRECISION)
+        if HAS_BIAS:
+            z += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        # Columns past N have z = 0 and act(0) = 0 for every activation; their C rows load as 0 too.
+        a = _activate(z, ACTIVATION, ELEMENT_SIZE == 4).to(c_ptr.dtype.element_ty)
+        c = tl.load(c_ptr + offs_n[:, None] * stride_cn + offs_r[None, :] * stride_cr,
+                    mask=mask_n[:, None] & mask_r[None, :], other=0.0)
+        acc = tl.dot(a, c, acc, input_precision=DOT_PRECISION)
+    tl.store(out_ptr + pid_s * stride_os + rows[:, None] * stride_om + offs_r[None, :] * stride_or,
+             acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_r[None, :])
+
+
+@functools.lru_cache(maxsize=None)
+def supported(r1: int, r2: int, dtype: torch.dtype) -> bool:
+    """Whether a config's tiles fit both ranks in shared memory (and registers: ranks <= MAX_RANK)."""
+    if max(r1, r2) > MAX_RANK or dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return False
+    br = max(block_r(r1), block_r(r2))
+    return any(smem(c, dtype.itemsize, br) <= _SHARED_MEMORY_BUDGET for c in CONFIGS)
+
+
+# Eagerly a Triton op call costs 0.10-0.15 ms of host time (H200 machines, triton_op), against
+# ~0.01 ms per cuBLAS/ATen launch: the fused kernel runs eagerly only where the hidden
+# activation it saves writing is large.
+EAGER_MIN_HIDDEN_BYTES = 1 << 28
+
+
+def preferred(M: int, N: int, r1: int, r2: int, dtype: torch.dtype, *, compiled: bool) -> bool:
+    """Whether ``lowrank_expand_project`` runs this kernel: M rows, N hidden features."""
+    if not supported(int(r1), int(r2), dtype):
+        return False
+    return compiled or M * N * dtype.itemsize >= EAGER_MIN_HIDDEN_BYTES
+
+
+def num_splits(M: int, N: int, device: torch.device) -> int:
+    """Slices of the hidden axis so that row blocks (of 64) x slices cover the SMs about 4 times."""
+    if device.type != "cuda":
+        return 1 if N <= 64 else 2  # the interpreter: exercise the split path cheaply
+    # H200, M = 8192, hidden 4096, ranks 64: 1 / 2 / 4 slices 0.080 / 0.077 / 0.071 ms
+    target_programs = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    row_blocks = triton.cdiv(max(M, 1), 64)
+    return max(1, min(triton.cdiv(target_programs, row_blocks), N // 256, 16))
+
+
+def expand_project(h, B, bias, activation: str, C, launch=lambda kernel: kernel, config=None):
+    """u = act(h B + bias) C for 2-D h [M, r1] (any strides), B [r1, N], bias [N] or None,
+    C [N, r2]; h is rounded to B's dtype first. ``config`` bypasses autotuning (tests)."""
+    code = check_activation(activation)
+    # ranks as ints (a guard): sizes are SymInts when traced with dynamic shapes
+    M, N, r1, r2 = h.shape[0], int(B.shape[1]), int(B.shape[0]), int(C.shape[1])
+    if not supported(r1, r2, B.dtype):
+        raise ValueError(f"ranks {r1} -> {r2} in {B.dtype} do not fit the fused MLP kernel "
+                         f"(each rank at most {MAX_RANK}); use the unfused ops")
+    out = h.new_empty((M, r2), dtype=B.dtype)
+    if M == 0 or r2 == 0:
+        return out
+    if N == 0:  # an empty hidden axis sums to zero
+        return out.zero_()
+    split = num_splits(M, N, h.device)
+    n_per_split = triton.cdiv(triton.cdiv(N, split), 256) * 256  # whole BLOCK_N steps per slice
+    split = triton.cdiv(N, n_per_split)
+    dest = out.unsqueeze(0) if split == 1 else h.new_empty((split, M, r2), dtype=torch.float32)
+    kernel, meta = (_expand_project_kernel, {}) if config is None else (
+        _expand_project_kernel.fn, {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages})
+    launch(kernel)[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), split)](
+        h, B, bias if bias is not None else B, C, dest, M, N, r1, r2, n_per_split, triton.next_power_of_2(M),
+        h.stride(0), h.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
+        dest.stride(0), dest.stride(1), dest.stride(2),
+        HAS_BIAS=bias is not None, ACTIVATION=code, BLOCK_R1=block_r(r1), BLOCK_R2=block_r(r2),
+        ELEMENT_SIZE=B.element_size(), DOT_PRECISION=_dot_precision(B.dtype), **meta,
+    )
+    return out if split == 1 else dest.sum(0).to(B.dtype)
