@@ -13,7 +13,6 @@ y plus the 2Lk-channel intermediate (written and read back), FLOPs 2·B·Ho·Wo�
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import torch
@@ -21,7 +20,7 @@ from torch import nn
 
 import panther as pr
 
-from .harness import floor_ms, parser, report, time_ms
+from .harness import floor_ms, run_main, time_ms
 
 # (batch, C_in, C_out, H=W)
 GPU_SHAPES = [(64, 256, 256, 56), (64, 512, 512, 28), (64, 1024, 1024, 14), (32, 2048, 2048, 14)]
@@ -90,11 +89,8 @@ def run(device: str, quick: bool) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    rows = run(args.device, args.quick)
-    report("bench_conv", rows, args.device, args.out, "python -m benchmarks.bench_conv " + " ".join(
-        sys.argv[1:] if argv is None else argv))
+def main(argv=None) -> dict:
+    return run_main("bench_conv", "bench_conv", __doc__.splitlines()[0], run, argv)
 
 
 if __name__ == "__main__":

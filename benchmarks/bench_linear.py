@@ -13,7 +13,6 @@ FLOP term uses the measured dense GEMM rate. "4L products" is the per-term formu
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 import panther as pr
 from panther.ops.linear import sketched_linear_reference
 
-from .harness import floor_ms, parser, report, time_ms
+from .harness import floor_ms, run_main, time_ms
 
 GPU_SHAPES = [(4096, 4096, 4096), (8192, 8192, 8192), (8192, 4096, 16384), (512, 8192, 8192)]
 GPU_TERMS = [(1, 16), (1, 64), (2, 64), (4, 128)]
@@ -107,9 +106,7 @@ def run(device: str, quick: bool) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    command = "python -m benchmarks.bench_linear " + " ".join(argv if argv is not None else sys.argv[1:])
-    return report("linear", run(args.device, args.quick), args.device, args.out, command)
+    return run_main("linear", "bench_linear", __doc__.splitlines()[0], run, argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Shared benchmark harness: timing, measured hardware ceilings, tables and JSON.
 
 Every timing is a median after warm-up: ``triton.testing.do_bench`` on CUDA (L2 flushed
-between repetitions), ``torch.utils.benchmark.Timer.blocked_autorange`` on CPU. Floors
+between repetitions; :func:`graph_ms` replays a CUDA graph instead, for ops so short that host
+launch cost would dominate), ``torch.utils.benchmark.Timer.blocked_autorange`` on CPU. Floors
 use the bandwidth and GEMM rate measured in the same run on the same device, so a
 "× floor" column is a ratio against this machine, not a datasheet.
 """
@@ -14,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -44,6 +46,18 @@ def time_ms(fn, device: str, *, min_run_time: float = 0.5) -> float:
     fn()  # warm-up (allocations, oneDNN primitive caches)
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def graph_ms(fn, device: str) -> float:
+    """Median milliseconds of one call of ``fn`` with host launch cost excluded: on CUDA many calls
+    are captured in one CUDA graph and replayed (``triton.testing.do_bench_cudagraph``; the L2
+    cache is not flushed between calls); on CPU :func:`time_ms`. A torch.compile'd ``fn`` can be
+    captured once warm-up calls have compiled (and autotuned) it."""
+    if torch.device(device).type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median"))
+    return time_ms(fn, device)
 
 
 def paired_ms(fn_a, fn_b, device: str, *, repeats: int = 20, warmup: int = 3) -> tuple[float, float]:
@@ -131,3 +145,11 @@ def report(name: str, rows: list[dict], device: str, out_dir: str | None, comman
             json.dump(record, f, indent=1)
         print(f"\nwrote {path}")
     return record
+
+
+def run_main(name: str, module: str, description: str, run, argv: list[str] | None = None) -> dict:
+    """A benchmark's ``main`` when it takes only the harness's flags: ``run(device, quick)``'s rows
+    through :func:`report` as record ``name``, with the command ``python -m benchmarks.<module> ARGS``."""
+    args = parser(description).parse_args(argv)
+    command = f"python -m benchmarks.{module} " + " ".join(sys.argv[1:] if argv is None else argv)
+    return report(name, run(args.device, args.quick), args.device, args.out, command)

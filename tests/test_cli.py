@@ -137,6 +137,22 @@ def test_bench_quick_one_area(capsys):
     assert "CountSketch apply" in text and "x floor" in text
 
 
+def test_bench_mlp_quick_writes_json(tmp_path, capsys):
+    """``python -m panther bench mlp --quick`` (benchmarks/bench_mlp.py): one small row, every column."""
+    assert main(["bench", "mlp", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert "python -m benchmarks.bench_mlp --device cpu --quick" in capsys.readouterr().out
+    record = json.loads((tmp_path / "mlp_cpu.json").read_text())
+    assert record["benchmark"] == "mlp" and record["command"].endswith("--out OUT")
+    (row,) = record["rows"]
+    assert (row["M"], row["hidden"], row["r"], row["dtype"]) == (256, 512, 16, "float32")
+    for key in ("unfused_ms", "inductor_ms", "fused_ms", "floor_ms"):
+        assert row[key] > 0, key
+    assert row["speedup"] == pytest.approx(row["unfused_ms"] / row["fused_ms"])
+    assert row["vs_inductor"] == pytest.approx(row["inductor_ms"] / row["fused_ms"])
+    assert row["x_floor"] == pytest.approx(row["fused_ms"] / row["floor_ms"])
+    assert row["rel_err"] < 1e-5  # float32 composite against float64
+
+
 def test_bench_tuner_quick_writes_harness_json(tmp_path, capsys):
     from benchmarks.bench_tuner import main as bench_tuner
 

@@ -89,6 +89,18 @@ TUNER = {"meta": {"device": "x86_64", "threads": 2, "torch": "2.13.0+cpu", "tria
                    "inits": "asvd", "cal_error": 0.02, "heldout_error": 0.029, "cos_mean": 0.9995, "cos_min": 0.999,
                    "flop_reduction": 1.006, "dense_ms": 21.0, "tuned_ms": 22.0, "speedup": 0.95,
                    "tune_s": 3.0}]}
+MLP_CPU = [
+    {"M": 2048, "hidden": 1024, "r": 32, "dtype": "float32", "unfused_ms": 3.5, "inductor_ms": 4.3, "fused_ms": 4.2,
+     "speedup": 0.83, "vs_inductor": 1.02, "floor_ms": 1.8, "x_floor": 2.3, "rel_err": 3e-7},
+    {"M": 512, "hidden": 1024, "r": 32, "dtype": "float32", "unfused_ms": 0.9, "inductor_ms": 1.1, "fused_ms": 1.2,
+     "speedup": 0.75, "vs_inductor": 0.92, "floor_ms": 0.44, "x_floor": 2.7, "rel_err": 4e-7},
+]
+MLP_GPU = [
+    {"M": M, "hidden": hidden, "r": 64, "dtype": "bfloat16", "unfused_ms": 0.09, "inductor_ms": 0.08,
+     "fused_ms": fused, "speedup": 0.09 / fused, "vs_inductor": 0.08 / fused, "floor_ms": 0.02,
+     "x_floor": fused / 0.02, "rel_err": 2e-3}
+    for M, hidden, fused in ((8192, 4096, 0.06), (32768, 4096, 0.045))
+]
 FILES = {"linear": "linear", "bench_conv": "bench_conv", "bench_attention": "bench_attention",
          "sketch_apply": "sketch_apply", "cqrrpt": "cqrrpt", "compile": "compile", "export": "export"}
 
@@ -102,12 +114,13 @@ def _write(folder: Path, name: str, meta: dict, rows: list[dict]) -> None:
 
 @pytest.fixture
 def results(tmp_path) -> Path:
-    """A results folder with a GPU machine (every area but the tuner; no rsvd record) and a CPU
-    machine (linear and the tuner's own JSON layout, which has no floor, command or date)."""
+    """A results folder with a GPU machine (every area but the tuner and mlp; no rsvd record) and a
+    CPU machine (linear, mlp and the tuner's own JSON layout, which has no floor, command or date)."""
     root = tmp_path / "results"
     for name, rows in GPU_RECORDS.items():
         _write(root / "h200", name, GPU, rows)
     _write(root / "cpu", "linear", CPU, [_linear(2048, 4096, 1, 64, "fwd", 7.5, 1.9, dtype="float32")])
+    _write(root / "cpu", "mlp", CPU, MLP_CPU)
     (root / "cpu" / "tuner.json").write_text(json.dumps(TUNER))
     return root
 
@@ -195,6 +208,29 @@ def test_missing_fields_show_a_dash_and_are_listed(results):
     assert "No randomized-SVD results from this machine." in linalg
     svd_target = [line for line in linalg.splitlines() if "8192×8192" in line][0]
     assert "no data" in svd_target
+
+
+def test_area_without_gpu_results_renders_its_cpu_run_and_says_so(results):
+    """mlp has CPU results only: its section shows the CPU table and prose, and a line that the
+    GPU run is still to come, without failing on the absent GPU record."""
+    page, _ = render(results, "BENCHMARKS.md")
+    mlp = _section(page, "Fused low-rank MLP")
+    assert "### x86_64 (2 CPUs) (`cpu`)" in mlp and "### NVIDIA H200" not in mlp
+    assert "| 2048 | 1024 | 32 | float32 | 3.5 | 4.3 | 4.2 |" in _flat(mlp)
+    assert ("_No GPU results yet: run `python -m panther bench mlp --device cuda` on a GPU machine "
+            "(`benchmarks/gpu_all.sh` runs every area)._") in _flat(mlp)
+    assert "(`vs_inductor` 0.92–1×); against the eager ops, `speedup` is 0.75–0.83×." in _flat(mlp)
+    assert "**Missing:** mlp (h200: no mlp results)" in mlp
+    assert "No CPU results yet" not in mlp
+    assert "_No GPU results yet" not in _section(page, "Sketched linear")  # both machines ran it
+
+    _write(results / "h200", "mlp", GPU, MLP_GPU)
+    page, _ = render(results, "BENCHMARKS.md")
+    mlp = _flat(_section(page, "Fused low-rank MLP"))
+    assert "No GPU results yet" not in mlp and "**Missing:** nothing." in mlp
+    assert "### NVIDIA H200 (`h200`)" in mlp
+    assert "Fused against the unfused eager ops: 1.5–2×; against Inductor's compilation" in mlp
+    assert "where the op takes the kernel eagerly too: 32768×4096 r=64." in mlp  # 256 MiB of bf16
 
 
 def test_two_records_of_one_benchmark_the_newer_wins(results, capsys):

@@ -89,12 +89,25 @@ def _machine_block(area: Area, m: Machine, blocks: dict[str, str], area_plots: l
     return heading + "\n\n" + re.sub(r"\n{3,}", "\n\n", body).strip()
 
 
+DEVICE_WORDS = {"cuda": "GPU", "cpu": "CPU"}
+
+
+def _absent_devices(area: Area, ran: list[Machine]) -> list[str]:
+    """A line per device type the area runs on that none of its results come from (e.g. a new
+    area measured on CPU whose GPU run is still to come)."""
+    have = {m.device for m in ran}
+    return [f"_No {DEVICE_WORDS.get(dev, dev)} results yet: run `python -m panther bench {area.key} --device {dev}`"
+            + (" on a GPU machine (`benchmarks/gpu_all.sh` runs every area)" if dev == "cuda" else "") + "._"
+            for dev in area.devices if dev not in have]
+
+
 def section(area: Area, machines: list[Machine], img_dir: Path, md_dir: Path) -> str:
     blocks = template(area.key)
     parts = [blocks["intro"]]
     ran = missing.ran(area, machines)
     if ran:
         parts.append(_runs(area, machines))
+        parts += _absent_devices(area, ran)
     else:
         parts.append(f"_No results: run `python -m panther bench {area.key}`._")
     area_plots = plots_for(area, machines, img_dir)

@@ -1,7 +1,7 @@
 """Panther's command line: ``python -m panther demo`` and ``python -m panther bench [area]``.
 
     python -m panther demo [--device cpu|cuda] [--budget 0.05] [--out DIR] [--model module:callable|HF-dir] [--quick]
-    python -m panther bench [linear|conv|attention|sketch|linalg|compile|export|tuner|all] [--device] [--out DIR] [--quick]
+    python -m panther bench [linear|mlp|conv|attention|sketch|linalg|compile|export|tuner|all] [--device] [--out DIR] [--quick]
 
 ``bench`` writes JSON to ``benchmarks/results/<machine>/`` (``cpu``, ``h200``, ...) unless ``--out``
 says otherwise (``--quick`` keeps JSON only with ``--out``); ``python -m benchmarks.report``

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-AREAS = ("linear", "conv", "attention", "sketch", "linalg", "compile", "export", "tuner")
+AREAS = ("linear", "mlp", "conv", "attention", "sketch", "linalg", "compile", "export", "tuner")
 
 
 class BenchError(RuntimeError):
