@@ -23,7 +23,7 @@ C [hidden, r] (bfloat16 on CUDA, float32 on CPU). Columns:
 
 On CUDA every column is timed replaying a CUDA graph (``harness.graph_ms``), so the ~0.1 ms of
 host time of a Triton op call from Python does not hide the kernels' time; the compiled functions
-are warmed up (compiled) with 3 calls first. The inputs stay in L2 between replays.
+are warmed up (compiled, autotuned) with 3 calls first. The inputs stay in L2 between replays.
 Shapes are compiled static (``dynamic=False``), each row its own graph.
 """
 

