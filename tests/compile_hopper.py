@@ -1,8 +1,8 @@
-"""Compile the FAVOR+ and sketch Triton kernels for sm_90 (Hopper) without a GPU.
+"""Compile the FAVOR+, sketch and fused-MLP Triton kernels for sm_90 (Hopper) without a GPU.
 
     TRITON_INTERPRET=0 python -m tests.compile_hopper            # one config per kernel (the CI check)
     TRITON_INTERPRET=0 python -m tests.compile_hopper --all      # every GPU config, dtype and flag
-    TRITON_INTERPRET=0 python -m tests.compile_hopper _walk_kernel _chunk_output_kernel  # these only
+    TRITON_INTERPRET=0 python -m tests.compile_hopper _walk_kernel _expand_project_kernel  # these only
     TRITON_INTERPRET=0 python -m tests.compile_hopper --sketch   # the sketch kernels only
 
 Triton's interpreter runs code that the compiler refuses (a non-constexpr global inside a
@@ -128,6 +128,27 @@ def sketch_jobs():
               BLOCK_A=32, BLOCK_Q=128)
 
 
+def mlp_jobs():
+    """(name, JITFunction, signature, constexprs, num_warps, num_stages, attrs) of the fused MLP
+    kernel (panther/ops/linear/mlp_kernels.py) for bf16 GELU at ranks 64 and 128, every config
+    that fits: contiguous operands (unit inner strides), other sizes multiples of 16."""
+    from panther.ops.linear import mlp_kernels as mk
+
+    fn = mk._expand_project_kernel.fn
+    units = ("stride_hr", "stride_bn", "stride_cr", "stride_or")
+    for config in mk.CONFIGS:
+        for rank in (64, 128):
+            if mk.smem(config, 2, rank) > mk._SHARED_MEMORY_BUDGET:
+                continue
+            consts = dict(HAS_BIAS=True, ACTIVATION=2, BLOCK_R1=rank, BLOCK_R2=rank, ELEMENT_SIZE=2,
+                          DOT_PRECISION="ieee", **config.kwargs, **{u: 1 for u in units})
+            sig = {n: "constexpr" if n in consts else "*bf16" if n.endswith("_ptr") else "i32" for n in fn.arg_names}
+            attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+                     if n not in consts and n not in ("R1", "R2")}
+            yield (f"{config.kwargs} warps={config.num_warps} stages={config.num_stages} rank={rank}", fn, sig,
+                   consts, config.num_warps, config.num_stages, attrs)
+
+
 def jobs(every: bool):
     from panther.ops.attention import triton_backward as tb
     from panther.ops.attention import triton_kernels as tk
@@ -182,6 +203,14 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001
             failed += 1
             print(f"sketch {name}: FAILED {str(e)[-2000:]}", flush=True)
+    for name, fn, signature, consts, warps, stages, attrs in mlp_jobs():
+        if (only and fn.__name__ not in only) or "--sketch" in argv:
+            continue
+        try:
+            print(f"mlp {name}: ok {_compile(fn, signature, consts, warps, stages, attrs)}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            print(f"mlp {name}: FAILED {str(e)[-2000:]}", flush=True)
     for what, kernel, config, dtype, consts in ([] if "--sketch" in argv else jobs("--all" in argv)):
         if only and _jit(kernel).__name__ not in only:
             continue
