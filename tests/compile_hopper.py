@@ -102,7 +102,7 @@ SKETCH_DIV16 = {"M", "N_IN", "POST", "D", "C", "NBLK", "STRIP", "STRIPS", "CHUNK
 
 
 def sketch_jobs():
-    """(name, JITFunction, signature, constexprs, num_warps, attrs) of the sketch kernels at the
+    """(name, JITFunction, signature, constexprs, num_warps, num_stages, attrs) of the sketch kernels at the
     tiles their launchers pick for float32 on a GPU at the benchmark shape
     (panther/ops/sketch/triton_kernels.py)."""
     from panther.ops.sketch import triton_kernels as sk
@@ -114,7 +114,7 @@ def sketch_jobs():
     def job(name, fn, warps, ptrs, **consts):
         attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
                  if name not in consts and (name.endswith("_ptr") or name in SKETCH_DIV16)}
-        return name, fn, sig(fn, consts, **ptrs), consts, warps, attrs
+        return name, fn, sig(fn, consts, **ptrs), consts, warps, 3, attrs
 
     yield job("segment sum (128 columns)", sk._segment_sum_kernel, 4,
               {"order_ptr": "*i32", "offsets_ptr": "*i64"}, BLOCK_T=sk.SEGMENT_TILE // 128, BLOCK_Q=128)
@@ -188,6 +188,16 @@ def jobs(every: bool):
                dict(CAUSAL=causal, REVERSE=reverse, M_PAD=256, BF=64, DV_PAD=64))
 
 
+def _report(name: str, compile_job) -> int:
+    """Prints the kernel's resources or its error (every kernel is reported, then main fails); 1 if it failed."""
+    try:
+        print(f"{name}: ok {compile_job()}", flush=True)
+        return 0
+    except Exception as e:  # noqa: BLE001
+        print(f"{name}: FAILED {str(e)[-2000:]}", flush=True)
+        return 1
+
+
 def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET (or set it to 0): the interpreter compiles nothing", file=sys.stderr)
@@ -195,31 +205,15 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     failed = 0
     only = [a for a in argv if not a.startswith("--")]  # kernel names to compile (default: all)
-    for name, fn, signature, consts, warps, attrs in sketch_jobs():
-        if only and fn.__name__ not in only:
-            continue
-        try:
-            print(f"sketch {name}: ok {_compile(fn, signature, consts, warps, 3, attrs)}", flush=True)
-        except Exception as e:  # noqa: BLE001
-            failed += 1
-            print(f"sketch {name}: FAILED {str(e)[-2000:]}", flush=True)
-    for name, fn, signature, consts, warps, stages, attrs in mlp_jobs():
-        if (only and fn.__name__ not in only) or "--sketch" in argv:
-            continue
-        try:
-            print(f"mlp {name}: ok {_compile(fn, signature, consts, warps, stages, attrs)}", flush=True)
-        except Exception as e:  # noqa: BLE001
-            failed += 1
-            print(f"mlp {name}: FAILED {str(e)[-2000:]}", flush=True)
-    for what, kernel, config, dtype, consts in ([] if "--sketch" in argv else jobs("--all" in argv)):
-        if only and _jit(kernel).__name__ not in only:
-            continue
-        name = f"{what} {_jit(kernel).__name__} {config.kwargs} warps={config.num_warps} stages={config.num_stages}"
-        try:
-            print(f"{name}: ok {compile_kernel(kernel, config, dtype, consts)}", flush=True)
-        except Exception as e:  # noqa: BLE001  (report every kernel, then fail)
-            failed += 1
-            print(f"{name}: FAILED {str(e)[-2000:]}", flush=True)
+    sketch_only = "--sketch" in argv
+    for prefix, generated in [("sketch", sketch_jobs())] + ([] if sketch_only else [("mlp", mlp_jobs())]):
+        for name, fn, signature, consts, warps, stages, attrs in generated:
+            if not only or fn.__name__ in only:
+                failed += _report(f"{prefix} {name}", lambda: _compile(fn, signature, consts, warps, stages, attrs))
+    for what, kernel, config, dtype, consts in ([] if sketch_only else jobs("--all" in argv)):
+        if not only or _jit(kernel).__name__ in only:
+            name = f"{what} {_jit(kernel).__name__} {config.kwargs} warps={config.num_warps} stages={config.num_stages}"
+            failed += _report(name, lambda: compile_kernel(kernel, config, dtype, consts))
     print(f"{failed} failed")
     return 1 if failed else 0
 

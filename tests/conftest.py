@@ -25,6 +25,11 @@ from panther.backend import panther_backend  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+
+def rel_err(a, b) -> float:
+    """||a - b|| / ||b|| in float64."""
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
 # `make test` pip-installs panther, which registers backend="panther" through the
 # torch_dynamo_backends entry point; an in-place build (benchmarks/gpu_all.sh) does not, so
 # there the tests pass the backend function itself.

@@ -6,7 +6,7 @@ from torch.library import opcheck
 
 from panther.ops.linear import lowrank_linear_reference, sketched_linear_reference
 
-from .conftest import DEVICES
+from .conftest import DEVICES, rel_err
 
 ops = torch.ops.panther
 
@@ -14,10 +14,6 @@ ops = torch.ops.panther
 # 2x and 1/(2L)x; odd sizes catch tiling bugs.
 SHAPES = [(32, 24, 1, 16), (40, 56, 1, 96), (48, 40, 2, 100), (33, 17, 3, 5), (64, 50, 4, 128)]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def factors(d_in, d_out, L, k, dtype=torch.float32, device="cpu", bias=True, generator=None):

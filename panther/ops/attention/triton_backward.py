@@ -62,6 +62,7 @@ from .triton_kernels import (
     _features_of,
     _float32_scalars,
     _key_features,
+    _lanes,
     _load_rows,
     _program,
     _query_features,
@@ -124,14 +125,9 @@ def _dq_kernel(
     logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
     dvb, seg, bh, b, h = _program(H)
     first = dvb == 0  # the value block that adds the delta terms (and stores the per-query numbers)
-    offs_m = tl.arange(0, M_PAD)
-    offs_d = tl.arange(0, D_PAD)
+    offs_m, offs_d, offs_v, m_ok, d_ok, v_ok = _lanes(dvb, M, D, DV, M_PAD, D_PAD, BDV)
     offs_c = tl.arange(0, CHUNK)
     offs_b = tl.arange(0, BDV)
-    offs_v = dvb * BDV + offs_b
-    m_ok = offs_m < M
-    d_ok = offs_d < D
-    v_ok = offs_v < DV
     q_base = q_ptr + b * sqb + h * sqh
     k_base = k_ptr + b * skb + h * skh
     v_base = v_ptr + b * svb + h * svh
@@ -305,13 +301,8 @@ def _dkv_kernel(
     logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
     dvb, seg, bh, b, h = _program(H)
     first = dvb == 0
-    offs_m = tl.arange(0, M_PAD)
-    offs_d = tl.arange(0, D_PAD)
+    offs_m, offs_d, offs_v, m_ok, d_ok, v_ok = _lanes(dvb, M, D, DV, M_PAD, D_PAD, BDV)
     offs_c = tl.arange(0, CHUNK)
-    offs_v = dvb * BDV + tl.arange(0, BDV)
-    m_ok = offs_m < M
-    d_ok = offs_d < D
-    v_ok = offs_v < DV
     q_base = q_ptr + b * sqb + h * sqh
     k_base = k_ptr + b * skb + h * skh
     v_base = v_ptr + b * svb + h * svh

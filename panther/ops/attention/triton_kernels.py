@@ -178,6 +178,16 @@ def _program(H):
 
 
 @triton.jit
+def _lanes(dvb, M, D, DV, M_PAD: tl.constexpr, D_PAD: tl.constexpr, BDV: tl.constexpr):
+    """A program's feature, head-dim and value-dim lanes (value block ``dvb``) and their masks:
+    (offs_m, offs_d, offs_v, m_ok, d_ok, v_ok)."""
+    offs_m = tl.arange(0, M_PAD)
+    offs_d = tl.arange(0, D_PAD)
+    offs_v = dvb * BDV + tl.arange(0, BDV)
+    return offs_m, offs_d, offs_v, offs_m < M, offs_d < D, offs_v < DV
+
+
+@triton.jit
 def _load_rows(base, rows, r_ok, stride_n, cols, c_ok, stride_c):
     """The [rows, cols] tile of a [N, C] matrix at ``base`` with strides (stride_n, stride_c), zero
     outside r_ok x c_ok."""
@@ -388,13 +398,8 @@ def _walk_kernel(
     # its running max c_state) goes to memory, then the segment's total (for _combine_kernel).
     logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
     dvb, seg, bh, b, h = _program(H)
-    offs_m = tl.arange(0, M_PAD)
-    offs_d = tl.arange(0, D_PAD)
+    offs_m, offs_d, offs_v, m_ok, d_ok, v_ok = _lanes(dvb, M, D, DV, M_PAD, D_PAD, BDV)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_v = dvb * BDV + tl.arange(0, BDV)
-    m_ok = offs_m < M
-    d_ok = offs_d < D
-    v_ok = offs_v < DV
     k_base = k_ptr + b * skb + h * skh
     v_base = v_ptr + b * svb + h * svh
 
@@ -471,13 +476,8 @@ def _chunk_output_kernel(
     # no loop-carried state.
     logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
     cid, dvb, bh, b, h = _program(H)
-    offs_m = tl.arange(0, M_PAD)
-    offs_d = tl.arange(0, D_PAD)
+    offs_m, offs_d, offs_v, m_ok, d_ok, v_ok = _lanes(dvb, M, D, DV, M_PAD, D_PAD, BDV)
     offs_c = tl.arange(0, CHUNK)
-    offs_v = dvb * BDV + tl.arange(0, BDV)
-    m_ok = offs_m < M
-    d_ok = offs_d < D
-    v_ok = offs_v < DV
     q_base = q_ptr + b * sqb + h * sqh
     o_base = o_ptr + b * sob + h * soh
     l0 = cid * CHUNK
