@@ -244,6 +244,51 @@ def test_mlp_chain_needs_the_activation_as_the_only_link(kw):
     assert fc1.args[0].name == "l_x_"
 
 
+class ViewedMLP(nn.Module):
+    """fc1 and fc2 on 2-D rows with the activation applied to a 3-D view between them (HF GPT-2's
+    Conv1D pattern); ``split_heads`` views the hidden dim itself instead (not a row view)."""
+
+    def __init__(self, d=64, h=128, split_heads=False):
+        super().__init__()
+        self.fc1, self.fc2, self.split_heads = nn.Linear(d, h), nn.Linear(h, d), split_heads
+
+    def forward(self, x):
+        B, T, d = x.shape
+        z = self.fc1(x.view(-1, d))
+        z = z.view(B, T, 2, -1) if self.split_heads else z.view(B, T, -1)
+        return self.fc2(F.gelu(z).reshape(B * T, -1))
+
+
+@pytest.mark.parametrize("split_heads", [False, True])
+def test_mlp_chain_through_row_views(split_heads):
+    torch.manual_seed(0)
+    model = ViewedMLP(split_heads=split_heads).eval()
+    x = torch.randn(2, 5, 64)
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
+    fused, cap = run(model, x, options=opts)
+    torch.compiler.reset()
+    unfused, _ = run(model, x, options={**opts, "fuse": False})
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
+    t = targets_of(cap.graphs[0])
+    assert t.count(torch.ops.panther.lowrank_expand_project.default) == (0 if split_heads else 1)
+
+
+def test_hf_gpt2_conv1d_mlp_is_fused():
+    """GPT-2 with activation_function="gelu": addmm -> view -> gelu -> view -> addmm per block."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=64, n_layer=2, n_head=2, n_positions=32,
+                                  activation_function="gelu", attn_implementation="sdpa")
+    model = transformers.GPT2Model(cfg).eval()
+    ids = torch.randint(0, 64, (2, 12))
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
+    fused, cap = run(model, ids, options=opts)
+    torch.compiler.reset()
+    unfused, _ = run(model, ids, options={**opts, "fuse": False})
+    torch.testing.assert_close(fused.last_hidden_state, unfused.last_hidden_state, rtol=1e-5, atol=1e-5)
+    assert targets_of(cap.graphs[0]).count(torch.ops.panther.lowrank_expand_project.default) == 2
+
+
 def test_activation_of_reads_only_plain_out_of_place_activations():
     from panther.passes.fusion import activation_of
 

@@ -8,8 +8,8 @@
   is another sketched linear, as in a transformer's MLP. act(x·A1·B1 + b1)·A2·B2 + b2 then
   runs as x·A1, the fused ``lowrank_expand_project`` (the hidden activation never stored) and
   ·B2 + b2. Activations: ``F.relu``, ``F.gelu`` (exact or tanh), ``F.silu``, at torch and
-  aten level, not in place; anything else between the two linears (dropout, a view, a
-  second user) leaves them apart.
+  aten level, not in place; views that keep the hidden dim may sit on either side (HF GPT-2's
+  Conv1D); anything else between the two linears (dropout, a second user) leaves them apart.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from .candidates import Candidate
+from .candidates import Candidate, value_of
 
 aten = torch.ops.aten
 
@@ -75,22 +75,56 @@ def activation_of(node: fx.Node) -> str | None:
     return name
 
 
-def mlp_chains(linears: list[Candidate]) -> list[tuple[Candidate, str, Candidate]]:
-    """(up, activation, down) triples: up's only user is the activation node, whose only user
-    is down, reading it as its input; both linears in one dtype and on one device."""
+_VIEWS = ({torch.reshape, aten.view.default, aten.reshape.default, aten._unsafe_view.default}, {"view", "reshape"})
+
+
+def _sole_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _is_row_view(node: fx.Node, source: fx.Node, hidden: int) -> bool:
+    """A view or reshape of ``source`` keeping the last dim (hidden): the same elements in the same
+    order, so an elementwise activation commutes with it (HF GPT-2's Conv1D views its 2-D addmm)."""
+    functions, methods = _VIEWS
+    is_view = node.target in functions if node.op == "call_function" else node.op == "call_method" and \
+        node.target in methods
+    value = value_of(node)
+    return (is_view and node.args[:1] == (source,) and value is not None and value.dim() >= 1
+            and value.shape[-1] == hidden)
+
+
+def _walk_views(node: fx.Node, hidden: int) -> tuple[list[fx.Node], fx.Node | None]:
+    """The row views after ``node``, each the only user of the one before, and the sole user after them."""
+    views, user = [], _sole_user(node)
+    while user is not None and _is_row_view(user, views[-1] if views else node, hidden):
+        views.append(user)
+        user = _sole_user(user)
+    return views, user
+
+
+def _lead(node) -> list | None:
+    value = value_of(node)
+    return None if value is None else list(value.shape[:-1])
+
+
+def mlp_chains(linears: list[Candidate]) -> list[tuple[Candidate, str, Candidate, list[fx.Node]]]:
+    """(up, activation, down, links): up's only user is the activation node (through views that
+    keep the hidden dim), whose only user is down (likewise), reading it as its input with the
+    leading dims of up's input; both linears in one dtype and on one device. ``links`` are the
+    nodes between them in graph order."""
     by_node = {c.node: c for c in linears if c.weight is not None}
     chains = []
     for up in by_node.values():
-        users = list(up.node.users)
-        if len(users) != 1 or users[0].args[:1] != (up.node,):
+        hidden = up.info.get("out_features")
+        before, act_node = _walk_views(up.node, hidden)
+        if act_node is None or act_node.args[:1] != ((before[-1] if before else up.node),):
             continue
-        act_node = users[0]
         activation = activation_of(act_node)
-        after = list(act_node.users)
-        if activation is None or len(after) != 1 or after[0] not in by_node:
-            continue
-        down = by_node[after[0]]
-        if (down.info.get("input") is act_node and down.weight.dtype == up.weight.dtype
-                and down.weight.device == up.weight.device):
-            chains.append((up, activation, down))
+        after, down_node = _walk_views(act_node, hidden)
+        down = by_node.get(down_node)
+        if (activation is not None and down is not None and down.info.get("input") is (after[-1] if after else act_node)
+                and down.weight.dtype == up.weight.dtype and down.weight.device == up.weight.device
+                and _lead(down.info["input"]) == _lead(up.info.get("input"))):
+            chains.append((up, activation, down, [*before, act_node, *after]))
     return chains

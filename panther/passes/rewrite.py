@@ -31,7 +31,7 @@ from torch import fx
 from ..plan import Plan
 from .candidates import Candidate, value_of
 from .factors import attention_projection, conv_factors, linear_factors, lowrank_pair
-from .fusion import mlp_chains, shared_input_groups
+from .fusion import activation_of, mlp_chains, shared_input_groups
 from .masks import emit_empty_rows_zero, emit_key_padding
 
 aten = torch.ops.aten
@@ -157,10 +157,10 @@ def apply_plan(gm: fx.GraphModule, candidates: list[Candidate], plan: Plan, *, s
     fused = {c.node for group in groups for c in group}
     for group in groups:
         _rewrite_fused(emit, group, prepared)
-    for up, activation, down in mlp_chains([c for c in linears if c.node not in fused]) if fuse else []:
+    for up, activation, down, links in mlp_chains([c for c in linears if c.node not in fused]) if fuse else []:
         if up.node in fused or down.node in fused:  # chains of three linears overlap: first come
             continue
-        _rewrite_mlp(emit, up, activation, down, prepared)
+        _rewrite_mlp(emit, up, activation, down, links, prepared)
         fused.update((up.node, down.node))
     for cand in chosen:
         if cand.node in fused:
@@ -275,12 +275,13 @@ def _expand(emit, cand: Candidate, h: fx.Node, B: torch.Tensor, lead) -> fx.Node
     return emit.call(aten.reshape.default, (out, [*lead, B.shape[1]]), cand.node)
 
 
-def _rewrite_mlp(emit, up: Candidate, activation: str, down: Candidate, prepared) -> None:
+def _rewrite_mlp(emit, up: Candidate, activation: str, down: Candidate, links: list[fx.Node], prepared) -> None:
     """y = addmm(b2, lowrank_expand_project(x2 @ A1, B1, A2, b1, act), B2) on the rows x2 of x,
-    replacing up, its activation and down (built before any of them is touched)."""
+    replacing up, the links (the activation and any views around it) and down (built before any
+    of them is touched). ``mlp_chains`` guarantees down's input has x's leading dims."""
     gm = emit.gm
     (A1, B1), (A2, B2) = prepared[up.node], prepared[down.node]
-    act_node = down.info["input"]
+    act_node = next(n for n in links if activation_of(n) is not None)
     try:
         with gm.graph.inserting_before(down.node):
             a1 = emit.installer.node(f"{up.name}.A", A1.contiguous(), down.node)
@@ -294,5 +295,5 @@ def _rewrite_mlp(emit, up: Candidate, activation: str, down: Candidate, prepared
         raise RewriteError(up.node.name, f"fusing the MLP {up.name!r} -> {activation} -> {down.name!r} failed: "
                                          f"{err}") from err
     down.node.replace_all_uses_with(new)
-    for node in (down.node, act_node, up.node):
+    for node in (down.node, *reversed(links), up.node):
         gm.graph.erase_node(node)
