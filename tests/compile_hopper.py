@@ -130,23 +130,23 @@ def sketch_jobs():
 
 def mlp_jobs():
     """(name, JITFunction, signature, constexprs, num_warps, num_stages, attrs) of the fused MLP
-    kernel (panther/ops/linear/mlp_kernels.py) for bf16 GELU at ranks 64 and 128, every config
-    that fits: contiguous operands (unit inner strides), other sizes multiples of 16."""
+    kernel (panther/ops/linear/mlp_kernels.py) for bf16 GELU and gated SiLU at ranks 64 and 128,
+    every config that fits: contiguous operands (unit inner strides), other sizes multiples of 16."""
     from panther.ops.linear import mlp_kernels as mk
 
     fn = mk._expand_project_kernel.fn
-    units = ("stride_hr", "stride_bn", "stride_cr", "stride_or")
-    for config in mk.CONFIGS:
-        for rank in (64, 128):
-            if mk.smem(config, 2, rank) > mk._SHARED_MEMORY_BUDGET:
-                continue
-            consts = dict(HAS_BIAS=True, ACTIVATION=2, BLOCK_R1=rank, BLOCK_R2=rank, ELEMENT_SIZE=2,
-                          DOT_PRECISION="ieee", **config.kwargs, **{u: 1 for u in units})
-            sig = {n: "constexpr" if n in consts else "*bf16" if n.endswith("_ptr") else "i32" for n in fn.arg_names}
-            attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-                     if n not in consts and n not in ("R1", "R2")}
-            yield (f"{config.kwargs} warps={config.num_warps} stages={config.num_stages} rank={rank}", fn, sig,
-                   consts, config.num_warps, config.num_stages, attrs)
+    units = ("stride_hr", "stride_bn", "stride_ur", "stride_bun", "stride_cr", "stride_or")
+    for config, rank, gated in itertools.product(mk.CONFIGS, (64, 128), (False, True)):
+        if mk.smem(config, 2, rank, gated) > mk._SHARED_MEMORY_BUDGET:
+            continue
+        consts = dict(HAS_BIAS=True, ACTIVATION=4 if gated else 2, GATED=gated, HAS_BIAS_U=gated, BLOCK_R1=rank,
+                      BLOCK_RU=rank if gated else 16, BLOCK_R2=rank, ELEMENT_SIZE=2, DOT_PRECISION="ieee",
+                      **config.kwargs, **{u: 1 for u in units})
+        sig = {n: "constexpr" if n in consts else "*bf16" if n.endswith("_ptr") else "i32" for n in fn.arg_names}
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+                 if n not in consts and n not in ("R1", "RU", "R2")}
+        yield (f"{'gated silu' if gated else 'gelu'} {config.kwargs} warps={config.num_warps} "
+               f"stages={config.num_stages} rank={rank}", fn, sig, consts, config.num_warps, config.num_stages, attrs)
 
 
 def jobs(every: bool):

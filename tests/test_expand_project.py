@@ -156,3 +156,98 @@ def test_eager_calls_fuse_only_large_hidden_layers():
     assert mlp_kernels.preferred(2048, 4096, 64, 64, torch.bfloat16, compiled=True)
     assert mlp_kernels.preferred(65536, 4096, 64, 64, torch.bfloat16, compiled=False)  # 512 MiB hidden
     assert not mlp_kernels.preferred(8192, 4096, 512, 64, torch.bfloat16, compiled=True)  # rank > MAX_RANK
+
+
+# ---- the gated form: u = (act(h B + b) * (hu Bu + bu)) C (SwiGLU, GeGLU)
+
+
+def gated_factors(r1, ru, hidden, r2, dtype, device, bias=True, seed=1):
+    B, C, b = factors(r1, hidden, r2, dtype, device, bias, seed)
+    Bu, _, bu = factors(ru, hidden, 1, dtype, device, bias, seed + 1)
+    return B, Bu, C, b, bu
+
+
+def gated_reference(h, B, hu, Bu, C, b, bu, activation):
+    z = h.double() @ B.double() + (0 if b is None else b.double())
+    zu = hu.double() @ Bu.double() + (0 if bu is None else bu.double())
+    return (ACTS[activation](z) * zu) @ C.double()
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu", "relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("r1,ru,hidden,r2", [(1, 1, 1, 1), (7, 5, 70, 6), (32, 17, 300, 16)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gated_kernel_matches_float64_reference(activation, dtype, r1, ru, hidden, r2, bias):
+    B, Bu, C, b, bu = gated_factors(r1, ru, hidden, r2, dtype, KERNEL_DEVICE, bias)
+    h = torch.randn(37, r1, device=KERNEL_DEVICE, dtype=dtype)
+    shared = torch.randn(37, r1 + ru + 3, device=KERNEL_DEVICE, dtype=dtype)
+    hu = shared[:, r1 + 1:r1 + 1 + ru]  # a strided slice, as the rewrite's shared x·[A_gate A_up]
+    u = mlp_kernels.gated_expand_project(h, B, b, activation, hu, Bu, bu, C)
+    assert u.shape == (37, r2) and u.dtype == dtype
+    assert rel_err(u, gated_reference(h, B, hu, Bu, C, b, bu, activation)) < TOL[dtype]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU configs compile only on CUDA")
+@pytest.mark.parametrize("config", mlp_kernels.CONFIGS, ids=str)
+def test_gated_every_gpu_config(config):
+    if mlp_kernels.smem(config, 2, 64, gated=True) > mlp_kernels._SHARED_MEMORY_BUDGET:
+        pytest.skip("tiles exceed the shared-memory budget at this rank")
+    B, Bu, C, b, bu = gated_factors(64, 64, 1000, 64, torch.bfloat16, "cuda")
+    h, hu = (torch.randn(300, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    u = mlp_kernels.gated_expand_project(h, B, b, "silu", hu, Bu, bu, C, config=config)
+    assert rel_err(u, gated_reference(h, B, hu, Bu, C, b, bu, "silu")) < TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gated_op_forward_backward_match_float64_reference(device, bias, fused_eagerly):
+    B, Bu, C, b, bu = gated_factors(6, 4, 40, 5, torch.float32, device, bias)
+    h, hu = torch.randn(2, 7, 6, device=device), torch.randn(2, 7, 4, device=device)
+    leaves = [t.clone().requires_grad_() for t in (h, B, hu, Bu, C) + ((b, bu) if bias else ())]
+    args = leaves if bias else leaves + [None, None]
+    u = ops.lowrank_gated_expand_project(*args, "silu")
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref = gated_reference(*(ref_leaves if bias else ref_leaves + [None, None]), "silu")
+    assert u.shape == (2, 7, 5) and rel_err(u, ref) < TOL[torch.float32]
+    g = torch.randn_like(u)
+    u.backward(g)
+    ref.backward(g.double())
+    for t, r in zip(leaves, ref_leaves):
+        assert rel_err(t.grad, r.grad) < 1e-4
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_gated_gradcheck_float64(activation):
+    B, Bu, C, b, bu = gated_factors(4, 3, 9, 3, torch.float64, "cpu")
+    h, hu = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 3, 3, dtype=torch.float64)
+    args = [t.requires_grad_() for t in (h, B, hu, Bu, C, b, bu)]
+    torch.autograd.gradcheck(lambda *a: ops.lowrank_gated_expand_project(*a, activation), args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gated_opcheck_and_compile(device, fused_eagerly):
+    B, Bu, C, b, bu = gated_factors(5, 3, 24, 4, torch.float32, device)
+    h, hu = torch.randn(2, 3, 5, device=device), torch.randn(2, 3, 3, device=device)
+    opcheck(ops.lowrank_gated_expand_project, (h, B, hu, Bu, C, b, bu, "silu"))
+    opcheck(ops.lowrank_gated_expand_project, (h.requires_grad_(), B, hu.requires_grad_(), Bu, C, None, None, "gelu"))
+    f = lambda h, hu: ops.lowrank_gated_expand_project(h, B, hu, Bu, C, b, bu).square().sum()  # noqa: E731
+    eager = torch.autograd.grad(f(h, hu), (h, hu))
+    compiled = torch.autograd.grad(torch.compile(f, fullgraph=True)(h, hu), (h, hu))
+    for c, e in zip(compiled, eager):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
+
+
+def test_gated_bad_inputs_name_the_argument():
+    B, Bu, C, b, bu = gated_factors(4, 3, 6, 2, torch.float32, "cpu")
+    h, hu = torch.randn(5, 4), torch.randn(5, 3)
+    with pytest.raises(RuntimeError, match="hu has shape"):
+        ops.lowrank_gated_expand_project(h, B, hu[:4], Bu, C)
+    with pytest.raises(RuntimeError, match="Bu has shape"):
+        ops.lowrank_gated_expand_project(h, B, hu, Bu[:, :5], C)
+    with pytest.raises(RuntimeError, match="Bu has shape"):
+        ops.lowrank_gated_expand_project(h, B, hu[:, :2], Bu, C)
+    with pytest.raises(RuntimeError, match="bias_u has shape"):
+        ops.lowrank_gated_expand_project(h, B, hu, Bu, C, b, bu[:5])
+    with pytest.raises(RuntimeError, match="Bu has dtype"):
+        ops.lowrank_gated_expand_project(h, B, hu, Bu.double(), C)
+    assert not mlp_kernels.supported(4, 4, torch.float32, 300)

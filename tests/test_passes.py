@@ -289,6 +289,56 @@ def test_hf_gpt2_conv1d_mlp_is_fused():
     assert targets_of(cap.graphs[0]).count(torch.ops.panther.lowrank_expand_project.default) == 2
 
 
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)), Llama's SwiGLU MLP; ``swap`` writes the product the other way
+    round, ``split_input`` feeds up a different tensor than gate."""
+
+    def __init__(self, d=64, h=128, bias=False, act=F.silu, swap=False, split_input=False):
+        super().__init__()
+        self.gate, self.up, self.down = nn.Linear(d, h, bias=bias), nn.Linear(d, h, bias=bias), nn.Linear(h, d, bias=bias)
+        self.act, self.swap, self.split_input = act, swap, split_input
+
+    def forward(self, x):
+        g = self.act(self.gate(x))
+        u = self.up(x * 2 if self.split_input else x)
+        return self.down(u * g if self.swap else g * u)
+
+
+@pytest.mark.parametrize("kw", [{}, {"bias": True, "swap": True}, {"act": F.gelu, "split_input": True}],
+                         ids=["swiglu", "bias-swapped", "geglu-two-inputs"])
+def test_gated_mlp_fuses_and_matches_unfused(kw):
+    torch.manual_seed(0)
+    model = GatedMLP(**kw).eval()
+    x = torch.randn(2, 5, 64)
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
+    fused, cap = run(model, x, options=opts)
+    torch.compiler.reset()
+    unfused, cap2 = run(model, x, options={**opts, "fuse": False})
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
+    t = targets_of(cap.graphs[0])
+    assert t.count(torch.ops.panther.lowrank_gated_expand_project.default) == 1
+    assert torch.ops.panther.lowrank_linear.default not in t
+    # x·[A_gate A_up] shared (two products when up reads another tensor); the expansion ·B_down is an mm without bias
+    assert t.count(torch.ops.aten.mm.default) == (2 if kw.get("split_input") else 1) + (0 if kw.get("bias") else 1)
+    assert targets_of(cap2.graphs[0]).count(torch.ops.panther.lowrank_linear.default) == 3
+
+
+def test_hf_llama_swiglu_mlp_is_fused():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                                   attn_implementation="sdpa")
+    model = transformers.LlamaModel(cfg).eval()
+    ids = torch.randint(0, 64, (2, 12))
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
+    fused, cap = run(model, ids, options=opts)
+    torch.compiler.reset()
+    unfused, _ = run(model, ids, options={**opts, "fuse": False})
+    torch.testing.assert_close(fused.last_hidden_state, unfused.last_hidden_state, rtol=1e-4, atol=1e-4)
+    assert targets_of(cap.graphs[0]).count(torch.ops.panther.lowrank_gated_expand_project.default) == 2
+
+
 def test_activation_of_reads_only_plain_out_of_place_activations():
     from panther.passes.fusion import activation_of
 

@@ -4,6 +4,10 @@
   projections read one input. Once each is a low-rank product x·A_i·B_i, the n thin GEMMs
   x·A_i (each reading all of x, the big operand) become one x·[A_1 … A_n], which reads x
   once; the small products ·B_i follow on slices. Same input node, same dtype and device.
+* Gated (``gated_chains``): down(act(gate(x)) * up(x)), Llama's SwiGLU MLP, all three sketched:
+  x·[A_gate A_up] once, then ``lowrank_gated_expand_project`` (neither hidden activation nor
+  their product stored), then ·B_down + b_down. Found before the other two, which then leave
+  these linears alone.
 * Vertical (``mlp_chains``): a sketched linear whose only use is an activation whose only use
   is another sketched linear, as in a transformer's MLP. act(x·A1·B1 + b1)·A2·B2 + b2 then
   runs as x·A1, the fused ``lowrank_expand_project`` (the hidden activation never stored) and
@@ -13,6 +17,8 @@
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -127,4 +133,40 @@ def mlp_chains(linears: list[Candidate]) -> list[tuple[Candidate, str, Candidate
                 and down.weight.dtype == up.weight.dtype and down.weight.device == up.weight.device
                 and _lead(down.info["input"]) == _lead(up.info.get("input"))):
             chains.append((up, activation, down, [*before, act_node, *after]))
+    return chains
+
+
+_MUL = ({operator.mul, torch.mul, aten.mul.Tensor}, {"mul", "__mul__"})
+
+
+def _is_product(node: fx.Node) -> bool:
+    functions, methods = _MUL
+    is_mul = node.target in functions if node.op == "call_function" else node.op == "call_method" and \
+        node.target in methods
+    return is_mul and len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args)
+
+
+def gated_chains(linears: list[Candidate]) -> list[tuple[Candidate, str, Candidate, Candidate, list[fx.Node]]]:
+    """(gate, activation, up, down, links): down reads act(gate) * up (either order), each of
+    gate, the activation, up and the product used only there; gate and up of one hidden size;
+    the three in one dtype and on one device, with the leading dims of gate's input.
+    ``links`` = [the activation node, the product]."""
+    by_node = {c.node: c for c in linears if c.weight is not None}
+    chains = []
+    for down in by_node.values():
+        product = down.info.get("input")
+        if not isinstance(product, fx.Node) or not _is_product(product) or _sole_user(product) is not down.node:
+            continue
+        for act_node, up_node in (product.args, reversed(product.args)):
+            activation = activation_of(act_node)
+            gate = by_node.get(act_node.args[0]) if activation is not None else None
+            up = by_node.get(up_node)
+            if gate is None or up is None or gate is up:
+                continue
+            same = all(c.weight.dtype == down.weight.dtype and c.weight.device == down.weight.device for c in (gate, up))
+            if (same and _sole_user(act_node) is product and _sole_user(gate.node) is act_node
+                    and _sole_user(up.node) is product and gate.info.get("out_features") == up.info.get("out_features")
+                    and _lead(gate.info.get("input")) == _lead(up.info.get("input")) == _lead(product)):
+                chains.append((gate, activation, up, down, [act_node, product]))
+                break
     return chains

@@ -28,7 +28,8 @@ OPTIONS = {
              "default ('linear', 'conv2d')",
     "seed": "int seed; each layer's factors come from a generator seeded by (seed, layer name). Default 0",
     "fuse": "share one x·A product among sketched linears reading the same input, and run a sketched "
-            "linear -> activation -> sketched linear chain (an MLP) without storing its hidden layer (default True)",
+            "linear -> activation -> sketched linear chain (an MLP) or a gated MLP down(act(gate(x)) * up(x)) "
+            "without storing its hidden layer (default True)",
     "report": "print a table of every candidate node and its decision (default False)",
     "save_plan": "path: write the plan used as JSON (reusable with `plan`)",
     "fallback": "on a rewrite failure warn and compile with plain Inductor (default True); False raises",

@@ -10,6 +10,8 @@
   as from SDPA.
 * linears that read the same input and are all sketched -> one shared ``x @ [A_1 .. A_n]``,
   then a slice and ``addmm`` per consumer (``fusion.py`` finds the groups).
+* down(act(gate(x)) * up(x)), all sketched (SwiGLU) -> ``x @ [A_g A_u]``, then
+  ``panther.lowrank_gated_expand_project`` on the two slices, then ``addmm(b_d, u, B_d)``.
 * sketched linear -> activation -> sketched linear (an MLP) -> ``x @ A1``, then
   ``panther.lowrank_expand_project(t, B1, A2, b1, act)`` (the hidden activation never stored),
   then ``addmm(b2, u, B2)`` (``fusion.py`` finds the chains).
@@ -31,7 +33,7 @@ from torch import fx
 from ..plan import Plan
 from .candidates import Candidate, value_of
 from .factors import attention_projection, conv_factors, linear_factors, lowrank_pair
-from .fusion import activation_of, mlp_chains, shared_input_groups
+from .fusion import activation_of, gated_chains, mlp_chains, shared_input_groups
 from .masks import emit_empty_rows_zero, emit_key_padding
 
 aten = torch.ops.aten
@@ -153,8 +155,12 @@ def apply_plan(gm: fx.GraphModule, candidates: list[Candidate], plan: Plan, *, s
             raise RewriteError(cand.node.name, f"computing factors for {cand.name!r} failed: {err}") from err
 
     linears = [c for c in chosen if c.kind == "linear"]
-    groups = shared_input_groups(linears) if fuse else []
-    fused = {c.node for group in groups for c in group}
+    gated = gated_chains(linears) if fuse else []
+    fused = {c.node for gate, _, up, down, _ in gated for c in (gate, up, down)}
+    for gate, activation, up, down, links in gated:
+        _rewrite_gated(emit, gate, activation, up, down, links, prepared)
+    groups = shared_input_groups([c for c in linears if c.node not in fused]) if fuse else []
+    fused |= {c.node for group in groups for c in group}
     for group in groups:
         _rewrite_fused(emit, group, prepared)
     for up, activation, down, links in mlp_chains([c for c in linears if c.node not in fused]) if fuse else []:
@@ -296,4 +302,44 @@ def _rewrite_mlp(emit, up: Candidate, activation: str, down: Candidate, links: l
                                          f"{err}") from err
     down.node.replace_all_uses_with(new)
     for node in (down.node, *reversed(links), up.node):
+        gm.graph.erase_node(node)
+
+
+def _rewrite_gated(emit, gate: Candidate, activation: str, up: Candidate, down: Candidate, links: list[fx.Node],
+                   prepared) -> None:
+    """y = addmm(b_d, lowrank_gated_expand_project(h_g, B_g, h_u, B_u, A_d, b_g, b_u, act), B_d), with
+    h_g, h_u slices of one x2 @ [A_g A_u] where gate and up read the same x (else two products),
+    replacing gate, up, the activation, the product and down."""
+    gm = emit.gm
+    (Ag, Bg), (Au, Bu), (Ad, Bd) = prepared[gate.node], prepared[up.node], prepared[down.node]
+    act_node, product = links
+    x_g, x_u = gate.info["input"], up.info["input"]
+    try:
+        with gm.graph.inserting_before(down.node):
+            if x_g is x_u:
+                a_cat = emit.installer.node(f"{gate.name}+{up.name}.A", torch.cat([Ag, Au], dim=1).contiguous(),
+                                            down.node)
+                rows, lead = _rows(emit, x_g, Ag.shape[0], gate.node)
+                shared = emit.call(aten.mm.default, (rows, a_cat), gate.node)
+                rg, ru = Ag.shape[1], Au.shape[1]
+                h_g = emit.call(aten.slice.Tensor, (shared, 1, 0, rg), gate.node)
+                h_u = emit.call(aten.slice.Tensor, (shared, 1, rg, rg + ru), up.node)
+            else:
+                rows, lead = _rows(emit, x_g, Ag.shape[0], gate.node)
+                h_g = emit.call(aten.mm.default, (rows, emit.installer.node(f"{gate.name}.A", Ag.contiguous(), down.node)),
+                                gate.node)
+                rows_u, _ = _rows(emit, x_u, Au.shape[0], up.node)
+                h_u = emit.call(aten.mm.default, (rows_u, emit.installer.node(f"{up.name}.A", Au.contiguous(), down.node)),
+                                up.node)
+            b_g = emit.installer.node(f"{gate.name}.B", Bg.contiguous(), down.node)
+            b_u = emit.installer.node(f"{up.name}.B", Bu.contiguous(), down.node)
+            a_d = emit.installer.node(f"{down.name}.A", Ad.contiguous(), down.node)
+            u = emit.call(panther.lowrank_gated_expand_project.default,
+                          (h_g, b_g, h_u, b_u, a_d, _bias(gate), _bias(up), activation), product)
+            new = _expand(emit, down, u, Bd, lead)
+    except Exception as err:  # noqa: BLE001
+        raise RewriteError(gate.node.name, f"fusing the gated MLP {gate.name!r} ({activation}) * {up.name!r} -> "
+                                           f"{down.name!r} failed: {err}") from err
+    down.node.replace_all_uses_with(new)
+    for node in (down.node, product, act_node, gate.node, up.node):
         gm.graph.erase_node(node)

@@ -48,7 +48,7 @@ DEFAULTS = {
 }
 
 PANTHER_OPS = ("sketched_linear", "sketched_linear_triton", "lowrank_linear", "lowrank_linear_triton", "lowrank_expand",
-               "lowrank_expand_project", "sketched_conv2d",
+               "lowrank_expand_project", "lowrank_gated_expand_project", "sketched_conv2d",
                "favor_attention", "favor_attention_triton")
 
 

@@ -83,12 +83,24 @@ def check_expand_project(h, B, C) -> None:
     check_like(C, "C", h, "h")
 
 
-def check_bias(bias, x: torch.Tensor, out_features: int) -> None:
+def check_gated(h, B, hu, Bu, C) -> None:
+    """The gated MLP middle's operands: h [..., r1], B [r1, hidden], hu [..., ru], Bu [ru, hidden], C [hidden, r2]."""
+    check_expand_project(h, B, C)
+    check_dim(Bu, "Bu", 2)
+    if hu.dim() != h.dim() or hu.shape[:-1] != h.shape[:-1]:
+        _fail(f"hu has shape {list(hu.shape)}: expected the leading dims of h {list(h.shape[:-1])}")
+    check_size(Bu, "Bu", 0, hu.shape[-1], "rank, from hu [..., ru]")
+    check_size(Bu, "Bu", 1, B.shape[1], "hidden features, from B [r1, hidden]")
+    check_like(hu, "hu", h, "h")
+    check_like(Bu, "Bu", h, "h")
+
+
+def check_bias(bias, x: torch.Tensor, out_features: int, name: str = "bias") -> None:
     if bias is None:
         return
-    check_dim(bias, "bias", 1)
-    check_size(bias, "bias", 0, out_features, "out_features")
-    check_like(bias, "bias", x, "x")
+    check_dim(bias, name, 1)
+    check_size(bias, name, 0, out_features, "out_features")
+    check_like(bias, name, x, "x")
 
 
 def check_grad(grad: torch.Tensor, x: torch.Tensor, out_features: int) -> None:

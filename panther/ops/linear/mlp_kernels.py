@@ -9,6 +9,10 @@ registers and walks the hidden axis in BLOCK_N columns: z = h B[:, n] + b[n] (fl
 a = act(z) rounded to the input dtype (as the unfused graph rounds its stored hidden), and
 acc += a C[n, :]. Only h, the factors and u are read or written.
 
+Gated (SwiGLU-style, ``gated_expand_project``): u = (act(h B + b) * (h_u B_u + b_u)) C, the gate
+and up projections' expansions side by side in the same loop (Llama's MLP: down(silu(gate(x)) *
+up(x))); the two hidden activations and their product are never stored either.
+
 Grid (row blocks, SPLIT): when the row blocks alone would leave SMs idle, SPLIT programs share
 one row block's hidden axis and store float32 partials [SPLIT, M, r2], summed afterwards
 (deterministic, no atomics).
@@ -48,17 +52,17 @@ def _configs():
 CONFIGS = _configs()
 
 
-def smem(config, element_size: int, block_r: int) -> int:
-    """Shared memory of one program (an estimate): the pipelined B [r1, BLOCK_N] and
-    C [BLOCK_N, r2] tiles (both ranks taken as ``block_r``, the larger), h, and the activation
-    tile staged for the second product."""
-    m, n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
-    return (max(config.num_stages, 1) * 2 * block_r * n + m * block_r + m * n) * element_size
+def smem(config, element_size: int, block_r: int, gated: bool = False) -> int:
+    """Shared memory of one program (an estimate): the pipelined B [r1, BLOCK_N] (and B_u) and
+    C [BLOCK_N, r2] tiles (every rank taken as ``block_r``, the largest), h (and h_u), and the
+    activation tile staged for the second product."""
+    m, n, factors = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], 3 if gated else 2
+    return (max(config.num_stages, 1) * factors * block_r * n + (factors - 1) * m * block_r + m * n) * element_size
 
 
 def _prune(configs, named_args, **kwargs):
-    br = max(kwargs["BLOCK_R1"], kwargs["BLOCK_R2"])
-    return [c for c in configs if smem(c, kwargs["ELEMENT_SIZE"], br) <= _SHARED_MEMORY_BUDGET]
+    br = max(kwargs["BLOCK_R1"], kwargs["BLOCK_R2"], kwargs["BLOCK_RU"])
+    return [c for c in configs if smem(c, kwargs["ELEMENT_SIZE"], br, kwargs["GATED"]) <= _SHARED_MEMORY_BUDGET]
 
 
 def _tuned(configs):
@@ -70,16 +74,18 @@ def _tuned(configs):
 
 
 @triton.autotune(configs=_tuned(CONFIGS),
-                 key=["M_BUCKET", "N", "N_PER_SPLIT", "BLOCK_R1", "BLOCK_R2", "HAS_BIAS", "ACTIVATION", "ELEMENT_SIZE"],
+                 key=["M_BUCKET", "N", "N_PER_SPLIT", "BLOCK_R1", "BLOCK_R2", "BLOCK_RU", "HAS_BIAS", "ACTIVATION",
+                      "GATED", "HAS_BIAS_U", "ELEMENT_SIZE"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _expand_project_kernel(
-    h_ptr, b_ptr, bias_ptr, c_ptr, out_ptr,
-    M, N, R1, R2, N_PER_SPLIT, M_BUCKET,
-    stride_hm, stride_hr, stride_bk, stride_bn, stride_cn, stride_cr, stride_os, stride_om, stride_or,
-    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_R1: tl.constexpr,
-    BLOCK_R2: tl.constexpr, ELEMENT_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    h_ptr, b_ptr, bias_ptr, hu_ptr, bu_ptr, bias_u_ptr, c_ptr, out_ptr,
+    M, N, R1, RU, R2, N_PER_SPLIT, M_BUCKET,
+    stride_hm, stride_hr, stride_bk, stride_bn, stride_um, stride_ur, stride_buk, stride_bun,
+    stride_cn, stride_cr, stride_os, stride_om, stride_or,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, GATED: tl.constexpr, HAS_BIAS_U: tl.constexpr,
+    BLOCK_R1: tl.constexpr, BLOCK_RU: tl.constexpr, BLOCK_R2: tl.constexpr, ELEMENT_SIZE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -92,6 +98,11 @@ def _expand_project_kernel(
     rows = offs_m.to(tl.int64)
     h = tl.load(h_ptr + rows[:, None] * stride_hm + offs_k[None, :] * stride_hr,
                 mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(c_ptr.dtype.element_ty)
+    if GATED:
+        offs_u = tl.arange(0, BLOCK_RU)
+        mask_u = offs_u < RU
+        hu = tl.load(hu_ptr + rows[:, None] * stride_um + offs_u[None, :] * stride_ur,
+                     mask=mask_m[:, None] & mask_u[None, :], other=0.0).to(c_ptr.dtype.element_ty)
     acc = tl.zeros((BLOCK_M, BLOCK_R2), dtype=tl.float32)
     n_begin = pid_s * N_PER_SPLIT
     for n0 in range(n_begin, tl.minimum(n_begin + N_PER_SPLIT, N), BLOCK_N):
@@ -103,7 +114,15 @@ def _expand_project_kernel(
         if HAS_BIAS:
             z += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         # Columns past N have z = 0 and act(0) = 0 for every activation; their C rows load as 0 too.
-        a = _activate(z, ACTIVATION, ELEMENT_SIZE == 4).to(c_ptr.dtype.element_ty)
+        a = _activate(z, ACTIVATION, ELEMENT_SIZE == 4)
+        if GATED:
+            bu = tl.load(bu_ptr + offs_u[:, None] * stride_buk + offs_n[None, :] * stride_bun,
+                         mask=mask_u[:, None] & mask_n[None, :], other=0.0)
+            zu = tl.dot(hu, bu, input_precision=DOT_PRECISION)
+            if HAS_BIAS_U:
+                zu += tl.load(bias_u_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            a = a * zu
+        a = a.to(c_ptr.dtype.element_ty)
         c = tl.load(c_ptr + offs_n[:, None] * stride_cn + offs_r[None, :] * stride_cr,
                     mask=mask_n[:, None] & mask_r[None, :], other=0.0)
         acc = tl.dot(a, c, acc, input_precision=DOT_PRECISION)
@@ -112,12 +131,13 @@ def _expand_project_kernel(
 
 
 @functools.lru_cache(maxsize=None)
-def supported(r1: int, r2: int, dtype: torch.dtype) -> bool:
-    """Whether a config's tiles fit both ranks in shared memory (and registers: ranks <= MAX_RANK)."""
-    if max(r1, r2) > MAX_RANK or dtype not in (torch.float16, torch.bfloat16, torch.float32):
+def supported(r1: int, r2: int, dtype: torch.dtype, ru: int = 0) -> bool:
+    """Whether a config's tiles fit the ranks (``ru``: the up projection's, gated) in shared memory
+    (and registers: ranks <= MAX_RANK)."""
+    if max(r1, r2, ru) > MAX_RANK or dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return False
-    br = max(block_r(r1), block_r(r2))
-    return any(smem(c, dtype.itemsize, br) <= _SHARED_MEMORY_BUDGET for c in CONFIGS)
+    br = max(block_r(r1), block_r(r2), block_r(ru))
+    return any(smem(c, dtype.itemsize, br, ru > 0) <= _SHARED_MEMORY_BUDGET for c in CONFIGS)
 
 
 # Eagerly a Triton op call costs 0.10-0.15 ms of host time (H200 machines, triton_op), against
@@ -126,9 +146,10 @@ def supported(r1: int, r2: int, dtype: torch.dtype) -> bool:
 EAGER_MIN_HIDDEN_BYTES = 1 << 28
 
 
-def preferred(M: int, N: int, r1: int, r2: int, dtype: torch.dtype, *, compiled: bool) -> bool:
-    """Whether ``lowrank_expand_project`` runs this kernel: M rows, N hidden features."""
-    if not supported(int(r1), int(r2), dtype):
+def preferred(M: int, N: int, r1: int, r2: int, dtype: torch.dtype, *, compiled: bool, ru: int = 0) -> bool:
+    """Whether ``lowrank_expand_project`` (``ru`` > 0: the gated op) runs this kernel: M rows,
+    N hidden features."""
+    if not supported(int(r1), int(r2), dtype, int(ru)):
         return False
     return compiled or M * N * dtype.itemsize >= EAGER_MIN_HIDDEN_BYTES
 
@@ -146,11 +167,23 @@ def num_splits(M: int, N: int, device: torch.device) -> int:
 def expand_project(h, B, bias, activation: str, C, launch=lambda kernel: kernel, config=None):
     """u = act(h B + bias) C for 2-D h [M, r1] (any strides), B [r1, N], bias [N] or None,
     C [N, r2]; h is rounded to B's dtype first. ``config`` bypasses autotuning (tests)."""
+    return _expand_project(h, B, bias, activation, None, C, launch, config)
+
+
+def gated_expand_project(h, B, bias, activation: str, hu, Bu, bias_u, C, launch=lambda kernel: kernel, config=None):
+    """u = (act(h B + bias) * (hu Bu + bias_u)) C for 2-D h [M, r1] and hu [M, ru] (any strides),
+    B [r1, N], Bu [ru, N], biases [N] or None, C [N, r2]."""
+    return _expand_project(h, B, bias, activation, (hu, Bu, bias_u), C, launch, config)
+
+
+def _expand_project(h, B, bias, activation, up, C, launch, config):
     code = check_activation(activation)
     # ranks as ints (a guard): sizes are SymInts when traced with dynamic shapes
     M, N, r1, r2 = h.shape[0], int(B.shape[1]), int(B.shape[0]), int(C.shape[1])
-    if not supported(r1, r2, B.dtype):
-        raise ValueError(f"ranks {r1} -> {r2} in {B.dtype} do not fit the fused MLP kernel "
+    hu, Bu, bias_u = up if up is not None else (h, B, None)
+    ru = int(Bu.shape[0]) if up is not None else 0
+    if not supported(r1, r2, B.dtype, ru):
+        raise ValueError(f"ranks {r1} -> {r2} (up projection: {ru}) in {B.dtype} do not fit the fused MLP kernel "
                          f"(each rank at most {MAX_RANK}); use the unfused ops")
     out = h.new_empty((M, r2), dtype=B.dtype)
     if M == 0 or r2 == 0:
@@ -164,10 +197,12 @@ def expand_project(h, B, bias, activation: str, C, launch=lambda kernel: kernel,
     kernel, meta = (_expand_project_kernel, {}) if config is None else (
         _expand_project_kernel.fn, {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages})
     launch(kernel)[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), split)](
-        h, B, bias if bias is not None else B, C, dest, M, N, r1, r2, n_per_split, triton.next_power_of_2(M),
-        h.stride(0), h.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
-        dest.stride(0), dest.stride(1), dest.stride(2),
-        HAS_BIAS=bias is not None, ACTIVATION=code, BLOCK_R1=block_r(r1), BLOCK_R2=block_r(r2),
+        h, B, bias if bias is not None else B, hu, Bu, bias_u if bias_u is not None else B, C, dest,
+        M, N, r1, ru, r2, n_per_split, triton.next_power_of_2(M),
+        h.stride(0), h.stride(1), B.stride(0), B.stride(1), hu.stride(0), hu.stride(1), Bu.stride(0), Bu.stride(1),
+        C.stride(0), C.stride(1), dest.stride(0), dest.stride(1), dest.stride(2),
+        HAS_BIAS=bias is not None, ACTIVATION=code, GATED=up is not None, HAS_BIAS_U=bias_u is not None,
+        BLOCK_R1=block_r(r1), BLOCK_RU=block_r(ru) if up is not None else 16, BLOCK_R2=block_r(r2),
         ELEMENT_SIZE=B.element_size(), DOT_PRECISION=_dot_precision(B.dtype), **meta,
     )
     return out if split == 1 else dest.sum(0).to(B.dtype)

@@ -11,6 +11,8 @@ torch.ops.panther.lowrank_expand(h, B, bias=None, activation="none")
 torch.ops.panther.lowrank_expand_project(h, B, C, bias=None, activation="none")
     act(h B + bias) C for thin h [..., r1] and C [hidden, r2]: the middle of a low-rank MLP
     (mlp_kernels.py), its hidden activation never stored.
+torch.ops.panther.lowrank_gated_expand_project(h, B, hu, Bu, C, bias=None, bias_u=None, activation="silu")
+    (act(h B + bias) * (hu Bu + bias_u)) C: the middle of a low-rank gated MLP (SwiGLU, GeGLU).
 
 On CUDA each op runs its Triton kernels where ``triton_kernels.preferred`` says they win
 (measured); elsewhere, and on every other device (CPU in CI), the same op runs the C++
@@ -28,6 +30,7 @@ from .activation import activate, activation_backward, check_activation
 from .op import lowrank_linear_grads, setup_sketched, sketched_linear_backward
 
 sketched_linear_triton = lowrank_linear_triton = lowrank_expand = lowrank_expand_project = None
+lowrank_gated_expand_project = None
 _ops = torch.ops.panther
 
 
@@ -52,9 +55,12 @@ def _expand_rows(h: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None) ->
     return y.view(*h.shape[:-1], B.shape[1])
 
 
-def _expand_project_rows(h, B, C, bias, activation: str) -> torch.Tensor:
-    """act(h B + bias) C on the rows of h, the hidden activation stored (the unfused graph)."""
+def _expand_project_rows(h, B, C, bias, activation: str, up=None) -> torch.Tensor:
+    """act(h B + bias) C on the rows of h, the hidden activation stored (the unfused graph);
+    ``up`` = (hu, Bu, bias_u): the gated form, act(...) * (hu Bu + bias_u)."""
     a = activate(_expand_rows(h, B, bias), activation)
+    if up is not None:
+        a = a * _expand_rows(*up)
     return (a.reshape(-1, C.shape[0]) @ C).view(*h.shape[:-1], C.shape[1])
 
 
@@ -180,3 +186,47 @@ if triton_available:
         return dh, dB, dC, dbias, None
 
     lowrank_expand_project.register_autograd(_expand_project_backward, setup_context=_setup_expand_project)
+
+    @torch.library.triton_op("panther::lowrank_gated_expand_project", mutates_args=())
+    def lowrank_gated_expand_project(
+        h: torch.Tensor, B: torch.Tensor, hu: torch.Tensor, Bu: torch.Tensor, C: torch.Tensor,
+        bias: torch.Tensor | None = None, bias_u: torch.Tensor | None = None, activation: str = "silu",
+    ) -> torch.Tensor:
+        checks.check_gated(h, B, hu, Bu, C)
+        r1, hidden = B.shape
+        checks.check_bias(bias, h, hidden)
+        checks.check_bias(bias_u, h, hidden, "bias_u")
+        check_activation(activation)
+        rows = h.numel() // max(r1, 1)
+        if not (h.device.type == "cuda" and mlp_kernels.preferred(rows, hidden, r1, C.shape[1], h.dtype,
+                                                                   compiled=_compiling(h), ru=Bu.shape[0])):
+            return _expand_project_rows(h, B, C, bias, activation, (hu, Bu, bias_u))
+        u = mlp_kernels.gated_expand_project(h.reshape(-1, r1), B, bias, activation, hu.reshape(-1, Bu.shape[0]), Bu,
+                                             bias_u, C, launch=torch.library.wrap_triton)
+        return u.view(*h.shape[:-1], C.shape[1])
+
+    def _setup_gated(ctx, inputs, output):
+        h, B, hu, Bu, C, bias, bias_u, activation = _with_defaults(inputs, 5, (None, None, "silu"))
+        ctx.save_for_backward(h, B, hu, Bu, C, bias, bias_u)
+        ctx.activation = activation
+
+    def _gated_backward(ctx, grad):
+        # The hidden activations are recomputed (the forward never stored them).
+        h, B, hu, Bu, C, bias, bias_u = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        h2, hu2, g2 = h.reshape(-1, B.shape[0]), hu.reshape(-1, Bu.shape[0]), grad.reshape(-1, C.shape[1])
+        z, zu = _expand_rows(h2, B, bias), _expand_rows(hu2, Bu, bias_u)
+        a = activate(z, ctx.activation)
+        dp = g2 @ C.t()
+        dz = activation_backward(dp * zu, z, ctx.activation)
+        dzu = dp * a
+        return ((dz @ B.t()).view(h.shape) if needs[0] else None,
+                (h2.t() @ dz) if needs[1] else None,
+                (dzu @ Bu.t()).view(hu.shape) if needs[2] else None,
+                (hu2.t() @ dzu) if needs[3] else None,
+                ((a * zu).t() @ g2) if needs[4] else None,
+                dz.sum(0) if bias is not None and needs[5] else None,
+                dzu.sum(0) if bias_u is not None and needs[6] else None,
+                None)
+
+    lowrank_gated_expand_project.register_autograd(_gated_backward, setup_context=_setup_gated)
