@@ -30,6 +30,22 @@ def rel_err(a, b) -> float:
     """||a - b|| / ||b|| in float64."""
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
+
+def check_against_float64(fn, ref_fn, inputs, tol: float, grad_tol: float = 1e-4):
+    """fn(*inputs) against ref_fn on float64 copies: the output within ``tol`` (relative), then
+    every input's gradient for one random output gradient within ``grad_tol``; returns the output."""
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref = ref_fn(*ref_leaves)
+    assert out.shape == ref.shape and rel_err(out, ref) < tol
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g.double())
+    for t, r in zip(leaves, ref_leaves):
+        assert rel_err(t.grad, r.grad) < grad_tol
+    return out
+
 # `make test` pip-installs panther, which registers backend="panther" through the
 # torch_dynamo_backends entry point; an in-place build (benchmarks/gpu_all.sh) does not, so
 # there the tests pass the backend function itself.

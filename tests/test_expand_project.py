@@ -9,7 +9,7 @@ from torch.library import opcheck
 
 from panther.ops.linear import mlp_kernels
 
-from .conftest import DEVICES, rel_err
+from .conftest import DEVICES, check_against_float64, rel_err
 
 ops = torch.ops.panther
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -95,16 +95,10 @@ def test_unsupported_ranks_raise_in_the_kernel_and_fall_back_in_the_op():
 def test_op_forward_backward_match_float64_reference(device, activation, bias, fused_eagerly):
     B, C, b = factors(6, 40, 5, torch.float32, device, bias)
     h = torch.randn(2, 7, 6, device=device)
-    leaves = [t.clone().requires_grad_() for t in (h, B, C) + ((b,) if bias else ())]
-    u = ops.lowrank_expand_project(*leaves[:3], leaves[3] if bias else None, activation)
-    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
-    ref = reference(*ref_leaves[:3], ref_leaves[3] if bias else None, activation)
-    assert u.shape == (2, 7, 5) and rel_err(u, ref) < TOL[torch.float32]
-    g = torch.randn_like(u)
-    u.backward(g)
-    ref.backward(g.double())
-    for t, r in zip(leaves, ref_leaves):
-        assert rel_err(t.grad, r.grad) < 1e-4
+    u = check_against_float64(lambda h, B, C, *b: ops.lowrank_expand_project(h, B, C, *(b or [None]), activation),
+                              lambda h, B, C, *b: reference(h, B, C, *(b or [None]), activation),
+                              (h, B, C) + ((b,) if bias else ()), TOL[torch.float32])
+    assert u.shape == (2, 7, 5)
 
 
 @pytest.mark.parametrize("activation", ["none", "gelu", "silu"])
@@ -203,17 +197,10 @@ def test_gated_every_gpu_config(config):
 def test_gated_op_forward_backward_match_float64_reference(device, bias, fused_eagerly):
     B, Bu, C, b, bu = gated_factors(6, 4, 40, 5, torch.float32, device, bias)
     h, hu = torch.randn(2, 7, 6, device=device), torch.randn(2, 7, 4, device=device)
-    leaves = [t.clone().requires_grad_() for t in (h, B, hu, Bu, C) + ((b, bu) if bias else ())]
-    args = leaves if bias else leaves + [None, None]
-    u = ops.lowrank_gated_expand_project(*args, "silu")
-    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
-    ref = gated_reference(*(ref_leaves if bias else ref_leaves + [None, None]), "silu")
-    assert u.shape == (2, 7, 5) and rel_err(u, ref) < TOL[torch.float32]
-    g = torch.randn_like(u)
-    u.backward(g)
-    ref.backward(g.double())
-    for t, r in zip(leaves, ref_leaves):
-        assert rel_err(t.grad, r.grad) < 1e-4
+    u = check_against_float64(lambda *a: ops.lowrank_gated_expand_project(*a[:5], *(a[5:] or [None, None]), "silu"),
+                              lambda *a: gated_reference(*a[:5], *(a[5:] or [None, None]), "silu"),
+                              (h, B, hu, Bu, C) + ((b, bu) if bias else ()), TOL[torch.float32])
+    assert u.shape == (2, 7, 5)
 
 
 @pytest.mark.parametrize("activation", ["silu", "gelu"])

@@ -60,6 +60,14 @@ def run(model, *args, options=None, rewrite=True):
     return out, cap
 
 
+def run_fused_and_unfused(model, *args, options):
+    """(fused output, its Capture, unfused output, its Capture): the same plan with fuse on and off."""
+    fused, cap = run(model, *args, options=options)
+    torch.compiler.reset()
+    unfused, cap2 = run(model, *args, options={**options, "fuse": False})
+    return fused, cap, unfused, cap2
+
+
 def node_signature(node, rename=None):
     """op, target and arguments (nodes by name, ``rename`` mapping replaced nodes to their old names)."""
     rename = rename or {}
@@ -172,9 +180,7 @@ def test_fusion_shares_one_product_and_matches_unfused():
     model = QKV().eval()
     x = torch.randn(2, 6, 64)
     opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
-    fused, cap = run(model, x, options=opts)
-    torch.compiler.reset()
-    unfused, cap2 = run(model, x, options={**opts, "fuse": False})
+    fused, cap, unfused, cap2 = run_fused_and_unfused(model, x, options=opts)
     torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
     aten = torch.ops.aten
     t_fused, t_unfused = targets_of(cap.graphs[0]), targets_of(cap2.graphs[0])
@@ -214,9 +220,7 @@ def test_mlp_chain_fuses_and_matches_unfused(act):
     model = Chain(ACTIVATIONS[act]).eval()
     x = torch.randn(2, 5, 64)
     opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
-    fused, cap = run(model, x, options=opts)
-    torch.compiler.reset()
-    unfused, cap2 = run(model, x, options={**opts, "fuse": False})
+    fused, cap, unfused, cap2 = run_fused_and_unfused(model, x, options=opts)
     torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
     t = targets_of(cap.graphs[0])
     ops = torch.ops.panther
@@ -265,9 +269,7 @@ def test_mlp_chain_through_row_views(split_heads):
     model = ViewedMLP(split_heads=split_heads).eval()
     x = torch.randn(2, 5, 64)
     opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
-    fused, cap = run(model, x, options=opts)
-    torch.compiler.reset()
-    unfused, _ = run(model, x, options={**opts, "fuse": False})
+    fused, cap, unfused, _ = run_fused_and_unfused(model, x, options=opts)
     torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
     t = targets_of(cap.graphs[0])
     assert t.count(torch.ops.panther.lowrank_expand_project.default) == (0 if split_heads else 1)
@@ -282,9 +284,7 @@ def test_hf_gpt2_conv1d_mlp_is_fused():
     model = transformers.GPT2Model(cfg).eval()
     ids = torch.randint(0, 64, (2, 12))
     opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
-    fused, cap = run(model, ids, options=opts)
-    torch.compiler.reset()
-    unfused, _ = run(model, ids, options={**opts, "fuse": False})
+    fused, cap, unfused, _ = run_fused_and_unfused(model, ids, options=opts)
     torch.testing.assert_close(fused.last_hidden_state, unfused.last_hidden_state, rtol=1e-5, atol=1e-5)
     assert targets_of(cap.graphs[0]).count(torch.ops.panther.lowrank_expand_project.default) == 2
 
@@ -311,9 +311,7 @@ def test_gated_mlp_fuses_and_matches_unfused(kw):
     model = GatedMLP(**kw).eval()
     x = torch.randn(2, 5, 64)
     opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
-    fused, cap = run(model, x, options=opts)
-    torch.compiler.reset()
-    unfused, cap2 = run(model, x, options={**opts, "fuse": False})
+    fused, cap, unfused, cap2 = run_fused_and_unfused(model, x, options=opts)
     torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
     t = targets_of(cap.graphs[0])
     assert t.count(torch.ops.panther.lowrank_gated_expand_project.default) == 1
@@ -332,9 +330,7 @@ def test_hf_llama_swiglu_mlp_is_fused():
     model = transformers.LlamaModel(cfg).eval()
     ids = torch.randint(0, 64, (2, 12))
     opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
-    fused, cap = run(model, ids, options=opts)
-    torch.compiler.reset()
-    unfused, _ = run(model, ids, options={**opts, "fuse": False})
+    fused, cap, unfused, _ = run_fused_and_unfused(model, ids, options=opts)
     torch.testing.assert_close(fused.last_hidden_state, unfused.last_hidden_state, rtol=1e-4, atol=1e-4)
     assert targets_of(cap.graphs[0]).count(torch.ops.panther.lowrank_gated_expand_project.default) == 2
 
