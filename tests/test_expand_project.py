@@ -238,3 +238,19 @@ def test_gated_bad_inputs_name_the_argument():
     with pytest.raises(RuntimeError, match="Bu has dtype"):
         ops.lowrank_gated_expand_project(h, B, hu, Bu.double(), C)
     assert not mlp_kernels.supported(4, 4, torch.float32, 300)
+
+
+def test_split_choice_adds_no_guard_on_the_row_count(monkeypatch):
+    """Traced with dynamic shapes, the hidden-axis split is chosen from the example row count
+    without a guard on it (any split is exact), so a new batch size does not recompile."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    monkeypatch.setattr(mlp_kernels, "_sm_count", lambda index: 132)
+
+    def split_buffer(h):
+        split = mlp_kernels.num_splits(mlp_kernels._size_hint(h.shape[0]), 4096, torch.device("cuda", 0))
+        return h.new_empty((split, h.shape[0]))
+
+    gm = make_fx(split_buffer, tracing_mode="symbolic")(torch.randn(8192, 8))
+    assert gm.shape_env.guards == []
+    assert gm(torch.randn(100, 8)).shape == (5, 100)  # 4 x 132 programs over 128 row blocks at the example size

@@ -154,6 +154,15 @@ def preferred(M: int, N: int, r1: int, r2: int, dtype: torch.dtype, *, compiled:
     return compiled or M * N * dtype.itemsize >= EAGER_MIN_HIDDEN_BYTES
 
 
+def _size_hint(n, fallback: int = 8192) -> int:
+    """A size's value, also for a SymInt traced with dynamic shapes (its example value, read
+    without adding a guard: the split only tunes speed, so a graph traced at one M serves every M)."""
+    if isinstance(n, torch.SymInt):
+        hint = n.node.hint
+        return int(hint) if isinstance(hint, int) else fallback
+    return int(n)
+
+
 def num_splits(M: int, N: int, device: torch.device) -> int:
     """Slices of the hidden axis so that row blocks (of 64) x slices cover the SMs about 4 times."""
     if device.type != "cuda":
@@ -190,7 +199,7 @@ def _expand_project(h, B, bias, activation, up, C, launch, config):
         return out
     if N == 0:  # an empty hidden axis sums to zero
         return out.zero_()
-    split = num_splits(M, N, h.device)
+    split = num_splits(_size_hint(M), N, h.device)
     n_per_split = triton.cdiv(triton.cdiv(N, split), 256) * 256  # whole BLOCK_N steps per slice
     split = triton.cdiv(N, n_per_split)
     dest = out.unsqueeze(0) if split == 1 else h.new_empty((split, M, r2), dtype=torch.float32)
