@@ -1,4 +1,4 @@
-"""Compile the FAVOR+, sketch and fused-MLP Triton kernels for sm_90 (Hopper) without a GPU.
+"""Compile the FAVOR+, sketch, linear and fused-MLP Triton kernels for sm_90 (Hopper) without a GPU.
 
     TRITON_INTERPRET=0 python -m tests.compile_hopper            # one config per kernel (the CI check)
     TRITON_INTERPRET=0 python -m tests.compile_hopper --all      # every GPU config, dtype and flag
@@ -128,15 +128,16 @@ def sketch_jobs():
               BLOCK_A=32, BLOCK_Q=128)
 
 
-def mlp_jobs():
+def mlp_jobs(every: bool):
     """(name, JITFunction, signature, constexprs, num_warps, num_stages, attrs) of the fused MLP
     kernel (panther/ops/linear/mlp_kernels.py) for bf16 GELU and gated SiLU at ranks 64 and 128,
-    every config that fits: contiguous operands (unit inner strides), other sizes multiples of 16."""
+    every config that fits (without ``every``: the first): contiguous operands (unit inner strides),
+    other sizes multiples of 16."""
     from panther.ops.linear import mlp_kernels as mk
 
     fn = mk._expand_project_kernel.fn
     units = ("stride_hr", "stride_bn", "stride_ur", "stride_bun", "stride_cr", "stride_or")
-    for config, rank, gated in itertools.product(mk.CONFIGS, (64, 128), (False, True)):
+    for config, rank, gated in itertools.product(mk.CONFIGS if every else mk.CONFIGS[:1], (64, 128), (False, True)):
         if mk.smem(config, 2, rank, gated) > mk._SHARED_MEMORY_BUDGET:
             continue
         consts = dict(HAS_BIAS=True, ACTIVATION=4 if gated else 2, GATED=gated, HAS_BIAS_U=gated, BLOCK_R1=rank,
@@ -147,6 +148,36 @@ def mlp_jobs():
                  if n not in consts and n not in ("R1", "RU", "R2")}
         yield (f"{'gated silu' if gated else 'gelu'} {config.kwargs} warps={config.num_warps} "
                f"stages={config.num_stages} rank={rank}", fn, sig, consts, config.num_warps, config.num_stages, attrs)
+
+
+def linear_jobs(every: bool):
+    """(name, JITFunction, signature, constexprs, num_warps, num_stages, attrs) of the two-GEMM
+    linear kernels (panther/ops/linear/triton_kernels.py) for bf16 at L*k = 16 and 64 (BLOCK_R
+    16 and 64), every config that fits; the expansion with GELU. Contiguous x and y, the factors
+    read through (term, row, column) strides. Without ``every``: the first config that fits per kernel."""
+    from panther.ops.linear import triton_kernels as lk
+
+    def one(name, fn, config, smem_of, br, units, not_multiple, **consts):
+        if smem_of(config, 2, br) > lk._SHARED_MEMORY_BUDGET:
+            return None
+        consts = dict(consts, BLOCK_R=br, ELEMENT_SIZE=2, DOT_PRECISION="ieee", **config.kwargs, **{u: 1 for u in units})
+        sig = {n: "constexpr" if n in consts else "*bf16" if n.endswith("_ptr") else "fp32" if n == "alpha" else "i32"
+               for n in fn.arg_names}
+        if "part_ptr" in sig:
+            sig["part_ptr"] = "*fp32"
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+                 if n not in consts and n != "alpha" and n not in not_multiple}
+        return (f"{name} {config.kwargs} warps={config.num_warps} stages={config.num_stages} BLOCK_R={br}", fn, sig,
+                consts, config.num_warps, config.num_stages, attrs)
+
+    for br in (16, 64):
+        project = [one("project", lk._project_kernel.fn, c, lk.project_smem, br, ("stride_xk",),
+                       ("RANK", "RANK_Q", "k"), SPLIT=4) for c in lk.PROJECT_CONFIGS]
+        expand = [one("expand gelu", lk._expand_kernel.fn, c, lk.expand_smem, br, ("stride_yn",),
+                      ("RANK", "RANK_Q", "k", "h_q_offset"), SPLIT=4, HAS_BIAS=True, ACTIVATION=2)
+                  for c in lk.EXPAND_CONFIGS]
+        for fitting in ([j for j in project if j], [j for j in expand if j]):
+            yield from fitting if every else fitting[:1]
 
 
 def jobs(every: bool):
@@ -206,11 +237,13 @@ def main(argv=None) -> int:
     failed = 0
     only = [a for a in argv if not a.startswith("--")]  # kernel names to compile (default: all)
     sketch_only = "--sketch" in argv
-    for prefix, generated in [("sketch", sketch_jobs())] + ([] if sketch_only else [("mlp", mlp_jobs())]):
+    every = "--all" in argv
+    for prefix, generated in [("sketch", sketch_jobs())] + ([] if sketch_only else [("mlp", mlp_jobs(every)),
+                                                                                      ("linear", linear_jobs(every))]):
         for name, fn, signature, consts, warps, stages, attrs in generated:
             if not only or fn.__name__ in only:
                 failed += _report(f"{prefix} {name}", lambda: _compile(fn, signature, consts, warps, stages, attrs))
-    for what, kernel, config, dtype, consts in ([] if sketch_only else jobs("--all" in argv)):
+    for what, kernel, config, dtype, consts in ([] if sketch_only else jobs(every)):
         if not only or _jit(kernel).__name__ in only:
             name = f"{what} {_jit(kernel).__name__} {config.kwargs} warps={config.num_warps} stages={config.num_stages}"
             failed += _report(name, lambda: compile_kernel(kernel, config, dtype, consts))
