@@ -5,8 +5,10 @@
     python -m benchmarks.bench_mlp --device cpu --quick          # one small row
 
 A sketched MLP  y = act(x A1 B1 + b1) A2 B2 + b2  runs as t = x A1, u = act(t B1 + b1) A2,
-y = u B2 + b2; this times the middle, u = gelu(h B + b) C for h [M, r], B [r, hidden], b [hidden],
-C [hidden, r] (bfloat16 on CUDA, float32 on CPU). Columns:
+y = u B2 + b2; this times the middle (``form`` gelu), u = gelu(h B + b) C for h [M, r], B [r, hidden],
+b [hidden], C [hidden, r], and the gated middle of a SwiGLU MLP (``form`` swiglu),
+u = (silu(h B + b) * (hu Bu + bu)) C with ``lowrank_gated_expand_project`` (bfloat16 on CUDA,
+float32 on CPU). Columns:
 
 - ``unfused_ms``: ``F.gelu(torch.addmm(b, h, B)) @ C`` eagerly; the hidden activation [M, hidden]
   is written, re-read, re-written and re-read.
@@ -36,56 +38,67 @@ import panther  # noqa: F401  (registers torch.ops.panther)
 
 from .harness import floor_ms, graph_ms, run_main
 
-ACTIVATION = "gelu"
-GPU_SHAPES = [(8192, 4096, 64), (8192, 4096, 128), (32768, 4096, 64), (8192, 16384, 64), (512, 4096, 64)]
-CPU_SHAPES = [(2048, 1024, 32), (512, 1024, 32)]
-QUICK_SHAPES = {"cuda": [(512, 4096, 64)], "cpu": [(256, 512, 16)]}  # --quick: one small row
+GPU_SHAPES = [(8192, 4096, 64, "gelu"), (8192, 4096, 128, "gelu"), (32768, 4096, 64, "gelu"),
+              (8192, 16384, 64, "gelu"), (512, 4096, 64, "gelu"), (8192, 4096, 64, "swiglu"),
+              (32768, 4096, 64, "swiglu")]
+CPU_SHAPES = [(2048, 1024, 32, "gelu"), (512, 1024, 32, "gelu"), (2048, 1024, 32, "swiglu")]
+QUICK_SHAPES = {"cuda": [(512, 4096, 64, "gelu")], "cpu": [(256, 512, 16, "gelu")]}  # --quick: one small row
 WARMUP = 3
 
 
-def unfused(h, B, b, C):
+def unfused(form, h, B, b, C, hu=None, Bu=None, bu=None):
+    if form == "swiglu":
+        return (F.silu(torch.addmm(b, h, B)) * torch.addmm(bu, hu, Bu)) @ C
     return F.gelu(torch.addmm(b, h, B)) @ C
 
 
-def fused(h, B, b, C):
-    return torch.ops.panther.lowrank_expand_project(h, B, C, b, ACTIVATION)
+def fused(form, h, B, b, C, hu=None, Bu=None, bu=None):
+    if form == "swiglu":
+        return torch.ops.panther.lowrank_gated_expand_project(h, B, hu, Bu, C, b, bu, "silu")
+    return torch.ops.panther.lowrank_expand_project(h, B, C, b, "gelu")
 
 
-def inputs(M, hidden, r, dtype, device, seed=0):
-    """h [M, r], B [r, hidden], b [hidden], C [hidden, r], scaled so that h B + b and u are O(1)."""
+def inputs(form, M, hidden, r, dtype, device, seed=0):
+    """h [M, r], B [r, hidden], b [hidden], C [hidden, r] (and for swiglu hu, Bu, bu of the up
+    projection), scaled so that h B + b and u are O(1)."""
     g = torch.Generator(device=device).manual_seed(seed)
-    h = torch.randn(M, r, generator=g, device=device, dtype=dtype)
-    B = torch.randn(r, hidden, generator=g, device=device, dtype=dtype) / r**0.5
-    b = torch.randn(hidden, generator=g, device=device, dtype=dtype)
-    C = torch.randn(hidden, r, generator=g, device=device, dtype=dtype) / hidden**0.5
-    return h, B, b, C
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
+
+    h, B, b, C = randn(M, r), randn(r, hidden, scale=r**-0.5), randn(hidden), randn(hidden, r, scale=hidden**-0.5)
+    up = (randn(M, r), randn(r, hidden, scale=r**-0.5), randn(hidden)) if form == "swiglu" else ()
+    return (h, B, b, C, *up)
 
 
-def rel_err(u, h, B, b, C) -> float:
-    ref = F.gelu(torch.addmm(b.double(), h.double(), B.double())) @ C.double()
+def rel_err(form, u, *operands) -> float:
+    ref = unfused(form, *(t.double() for t in operands))
     return ((u.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def costs(M, hidden, r1, r2, element_size):
-    """(bytes, FLOPs) of the fused op: h and u once, the factors and bias once; two GEMMs."""
-    return element_size * (M * (r1 + r2) + hidden * (r1 + r2 + 1)), 2 * M * hidden * (r1 + r2)
+def costs(form, M, hidden, r, element_size):
+    """(bytes, FLOPs) of the fused op: the thin inputs and u once, the factors and biases once;
+    two GEMMs (three for swiglu)."""
+    ranks = 3 * r if form == "swiglu" else 2 * r
+    inputs_ = 2 if form == "swiglu" else 1
+    return (element_size * (M * ranks + hidden * (ranks + inputs_)), 2 * M * hidden * ranks)
 
 
-def row(M, hidden, r, dtype, device) -> dict:
-    h, B, b, C = inputs(M, hidden, r, dtype, device)
+def row(M, hidden, r, form, dtype, device) -> dict:
+    operands = inputs(form, M, hidden, r, dtype, device)
     inductor = torch.compile(unfused, dynamic=False)
     fused_compiled = torch.compile(fused, dynamic=False)
     for _ in range(WARMUP):
-        inductor(h, B, b, C)
-        u = fused_compiled(h, B, b, C)
-    unfused_ms = graph_ms(lambda: unfused(h, B, b, C), device)
-    inductor_ms = graph_ms(lambda: inductor(h, B, b, C), device)
-    fused_ms = graph_ms(lambda: fused_compiled(h, B, b, C), device)
-    floor = floor_ms(*costs(M, hidden, r, r, h.element_size()), device, dtype)
-    return {"M": M, "hidden": hidden, "r": r, "dtype": str(dtype)[6:], "unfused_ms": unfused_ms,
+        inductor(form, *operands)
+        u = fused_compiled(form, *operands)
+    unfused_ms = graph_ms(lambda: unfused(form, *operands), device)
+    inductor_ms = graph_ms(lambda: inductor(form, *operands), device)
+    fused_ms = graph_ms(lambda: fused_compiled(form, *operands), device)
+    floor = floor_ms(*costs(form, M, hidden, r, operands[0].element_size()), device, dtype)
+    return {"form": form, "M": M, "hidden": hidden, "r": r, "dtype": str(dtype)[6:], "unfused_ms": unfused_ms,
             "inductor_ms": inductor_ms, "fused_ms": fused_ms, "speedup": unfused_ms / fused_ms,
             "vs_inductor": inductor_ms / fused_ms, "floor_ms": floor, "x_floor": fused_ms / floor,
-            "rel_err": rel_err(u, h, B, b, C)}
+            "rel_err": rel_err(form, u, *operands)}
 
 
 def run(device: str, quick: bool) -> list[dict]:
@@ -93,7 +106,7 @@ def run(device: str, quick: bool) -> list[dict]:
     shapes = QUICK_SHAPES["cuda" if cuda else "cpu"] if quick else GPU_SHAPES if cuda else CPU_SHAPES
     dtype = torch.bfloat16 if cuda else torch.float32
     with torch.no_grad():
-        return [row(M, hidden, r, dtype, device) for M, hidden, r in shapes]
+        return [row(M, hidden, r, form, dtype, device) for M, hidden, r, form in shapes]
 
 
 def main(argv=None) -> dict:

@@ -144,7 +144,7 @@ def test_bench_mlp_quick_writes_json(tmp_path, capsys):
     record = json.loads((tmp_path / "mlp_cpu.json").read_text())
     assert record["benchmark"] == "mlp" and record["command"].endswith("--out OUT")
     (row,) = record["rows"]
-    assert (row["M"], row["hidden"], row["r"], row["dtype"]) == (256, 512, 16, "float32")
+    assert (row["form"], row["M"], row["hidden"], row["r"], row["dtype"]) == ("gelu", 256, 512, 16, "float32")
     for key in ("unfused_ms", "inductor_ms", "fused_ms", "floor_ms"):
         assert row[key] > 0, key
     assert row["speedup"] == pytest.approx(row["unfused_ms"] / row["fused_ms"])

@@ -230,7 +230,7 @@ def test_area_without_gpu_results_renders_its_cpu_run_and_says_so(results):
     assert "No GPU results yet" not in mlp and "**Missing:** nothing." in mlp
     assert "### NVIDIA H200 (`h200`)" in mlp
     assert "Fused against the unfused eager ops: 1.5–2×; against Inductor's compilation" in mlp
-    assert "where the op takes the kernel eagerly too: 32768×4096 r=64." in mlp  # 256 MiB of bf16
+    assert "where the op takes the kernel eagerly too: gelu 32768×4096 r=64." in mlp  # 256 MiB of bf16
 
 
 def test_two_records_of_one_benchmark_the_newer_wins(results, capsys):

@@ -10,12 +10,13 @@ from ..spec import Area, Bench, Need, any_field
 EAGER_MIN_HIDDEN_BYTES = 1 << 28
 ELEMENT_SIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
-COLUMNS = [(k, k) for k in ("M", "hidden", "r", "dtype", "unfused_ms", "inductor_ms", "fused_ms", "speedup",
+COLUMNS = [(k, k) for k in ("form", "M", "hidden", "r", "dtype", "unfused_ms", "inductor_ms", "fused_ms", "speedup",
                             "vs_inductor", "floor_ms", "x_floor", "rel_err")]
 
 
 def _rows(machine: Machine) -> list[dict]:
-    return machine.rows("mlp")
+    """The rows, ``form`` gelu where a record predates the swiglu rows."""
+    return [{"form": "gelu", **r} for r in machine.rows("mlp")]
 
 
 def tables(machine: Machine) -> list[tuple[str, str]]:
@@ -23,7 +24,7 @@ def tables(machine: Machine) -> list[tuple[str, str]]:
 
 
 def _shape(row: dict) -> str:
-    return f"{row.get('M', fmt.MISSING)}×{row.get('hidden', fmt.MISSING)} r={row.get('r', fmt.MISSING)}"
+    return f"{row['form']} {row.get('M', fmt.MISSING)}×{row.get('hidden', fmt.MISSING)} r={row.get('r', fmt.MISSING)}"
 
 
 def _eager_kernel(row: dict) -> bool:
