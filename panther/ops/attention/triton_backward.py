@@ -125,7 +125,7 @@ def _dq_kernel(
     logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
     dvb, seg, bh, b, h = _program(H)
     first = dvb == 0  # the value block that adds the delta terms (and stores the per-query numbers)
-    offs_m, offs_d, offs_v, m_ok, d_ok, v_ok = _lanes(dvb, M, D, DV, M_PAD, D_PAD, BDV)
+    offs_m, offs_d, offs_v, m_ok, d_ok, v_ok = _lanes(0, dvb, M, D, DV, M_PAD, D_PAD, BDV)
     offs_c = tl.arange(0, CHUNK)
     offs_b = tl.arange(0, BDV)
     q_base = q_ptr + b * sqb + h * sqh
@@ -242,13 +242,8 @@ def _query_state_kernel(
     # One feature block of one segment's sum_l Q_l g_l^T [BF, DV] and -sum_l Q_l delta_l [BF].
     logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
     fb, seg, bh, b, h = _program(H)
-    offs_f = fb * BF + tl.arange(0, BF)
-    offs_d = tl.arange(0, D_PAD)
+    offs_f, offs_d, offs_v, f_ok, d_ok, v_ok = _lanes(fb, 0, M, D, DV, BF, D_PAD, DV_PAD)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_v = tl.arange(0, DV_PAD)
-    f_ok = offs_f < M
-    d_ok = offs_d < D
-    v_ok = offs_v < DV
     q_base = q_ptr + b * sqb + h * sqh
     g_base = g_ptr + b * sgb + h * sgh
 
@@ -301,7 +296,7 @@ def _dkv_kernel(
     logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
     dvb, seg, bh, b, h = _program(H)
     first = dvb == 0
-    offs_m, offs_d, offs_v, m_ok, d_ok, v_ok = _lanes(dvb, M, D, DV, M_PAD, D_PAD, BDV)
+    offs_m, offs_d, offs_v, m_ok, d_ok, v_ok = _lanes(0, dvb, M, D, DV, M_PAD, D_PAD, BDV)
     offs_c = tl.arange(0, CHUNK)
     q_base = q_ptr + b * sqb + h * sqh
     k_base = k_ptr + b * skb + h * skh

@@ -178,13 +178,14 @@ def _program(H):
 
 
 @triton.jit
-def _lanes(dvb, M, D, DV, M_PAD: tl.constexpr, D_PAD: tl.constexpr, BDV: tl.constexpr):
-    """A program's feature, head-dim and value-dim lanes (value block ``dvb``) and their masks:
-    (offs_m, offs_d, offs_v, m_ok, d_ok, v_ok)."""
-    offs_m = tl.arange(0, M_PAD)
+def _lanes(fb, dvb, M, D, DV, BF: tl.constexpr, D_PAD: tl.constexpr, BDV: tl.constexpr):
+    """A program's feature, head-dim and value-dim lanes (feature block ``fb`` of BF, value block
+    ``dvb`` of BDV; all features: fb = 0, BF = M_PAD) and their masks:
+    (offs_f, offs_d, offs_v, f_ok, d_ok, v_ok)."""
+    offs_f = fb * BF + tl.arange(0, BF)
     offs_d = tl.arange(0, D_PAD)
     offs_v = dvb * BDV + tl.arange(0, BDV)
-    return offs_m, offs_d, offs_v, offs_m < M, offs_d < D, offs_v < DV
+    return offs_f, offs_d, offs_v, offs_f < M, offs_d < D, offs_v < DV
 
 
 @triton.jit
@@ -311,13 +312,8 @@ def _segment_state_kernel(
     # One feature block of one segment's state: sum phi(k) v^T [BF, DV] and sum phi(k) [BF].
     logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
     fb, seg, bh, b, h = _program(H)
-    offs_f = fb * BF + tl.arange(0, BF)
-    offs_d = tl.arange(0, D_PAD)
+    offs_f, offs_d, offs_v, f_ok, d_ok, v_ok = _lanes(fb, 0, M, D, DV, BF, D_PAD, DV_PAD)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_v = tl.arange(0, DV_PAD)
-    f_ok = offs_f < M
-    d_ok = offs_d < D
-    v_ok = offs_v < DV
     k_base = k_ptr + b * skb + h * skh
     v_base = v_ptr + b * svb + h * svh
 
@@ -398,7 +394,7 @@ def _walk_kernel(
     # its running max c_state) goes to memory, then the segment's total (for _combine_kernel).
     logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
     dvb, seg, bh, b, h = _program(H)
-    offs_m, offs_d, offs_v, m_ok, d_ok, v_ok = _lanes(dvb, M, D, DV, M_PAD, D_PAD, BDV)
+    offs_m, offs_d, offs_v, m_ok, d_ok, v_ok = _lanes(0, dvb, M, D, DV, M_PAD, D_PAD, BDV)
     offs_n = tl.arange(0, BLOCK_N)
     k_base = k_ptr + b * skb + h * skh
     v_base = v_ptr + b * svb + h * svh
@@ -476,7 +472,7 @@ def _chunk_output_kernel(
     # no loop-carried state.
     logit_scale, norm_scale, inv_sqrt_m, eps = _float32_scalars(logit_scale, norm_scale, inv_sqrt_m, eps)
     cid, dvb, bh, b, h = _program(H)
-    offs_m, offs_d, offs_v, m_ok, d_ok, v_ok = _lanes(dvb, M, D, DV, M_PAD, D_PAD, BDV)
+    offs_m, offs_d, offs_v, m_ok, d_ok, v_ok = _lanes(0, dvb, M, D, DV, M_PAD, D_PAD, BDV)
     offs_c = tl.arange(0, CHUNK)
     q_base = q_ptr + b * sqb + h * sqh
     o_base = o_ptr + b * sob + h * soh
