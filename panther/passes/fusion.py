@@ -18,13 +18,12 @@
 
 from __future__ import annotations
 
-import operator
-
 import torch
 import torch.nn.functional as F
 from torch import fx
 
 from .candidates import Candidate, value_of
+from .targets import op_name
 
 aten = torch.ops.aten
 
@@ -81,7 +80,7 @@ def activation_of(node: fx.Node) -> str | None:
     return name
 
 
-_VIEWS = ({torch.reshape, aten.view.default, aten.reshape.default, aten._unsafe_view.default}, {"view", "reshape"})
+_VIEWS = {"view", "reshape", "_unsafe_view"}
 
 
 def _sole_user(node: fx.Node) -> fx.Node | None:
@@ -92,12 +91,9 @@ def _sole_user(node: fx.Node) -> fx.Node | None:
 def _is_row_view(node: fx.Node, source: fx.Node, hidden: int) -> bool:
     """A view or reshape of ``source`` keeping the last dim (hidden): the same elements in the same
     order, so an elementwise activation commutes with it (HF GPT-2's Conv1D views its 2-D addmm)."""
-    functions, methods = _VIEWS
-    is_view = node.target in functions if node.op == "call_function" else node.op == "call_method" and \
-        node.target in methods
-    value = value_of(node)
-    return (is_view and node.args[:1] == (source,) and value is not None and value.dim() >= 1
-            and value.shape[-1] == hidden)
+    value, before = value_of(node), value_of(source)
+    return (op_name(node) in _VIEWS and node.args[:1] == (source,) and value is not None and before is not None
+            and value.dtype == before.dtype and value.dim() >= 1 and value.shape[-1] == hidden)
 
 
 def _walk_views(node: fx.Node, hidden: int) -> tuple[list[fx.Node], fx.Node | None]:
@@ -136,14 +132,9 @@ def mlp_chains(linears: list[Candidate]) -> list[tuple[Candidate, str, Candidate
     return chains
 
 
-_MUL = ({operator.mul, torch.mul, aten.mul.Tensor}, {"mul", "__mul__"})
-
-
 def _is_product(node: fx.Node) -> bool:
-    functions, methods = _MUL
-    is_mul = node.target in functions if node.op == "call_function" else node.op == "call_method" and \
-        node.target in methods
-    return is_mul and len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args)
+    return (op_name(node) in ("mul", "__mul__") and len(node.args) == 2 and not node.kwargs
+            and all(isinstance(a, fx.Node) for a in node.args))
 
 
 def gated_chains(linears: list[Candidate]) -> list[tuple[Candidate, str, Candidate, Candidate, list[fx.Node]]]:

@@ -10,12 +10,13 @@ Ops are named so a torch-level target and its aten twin share one rule ("ge", "t
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, replace
 
 import torch
 from torch import fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from .targets import op_name
 
 _MAX_NODES = 200  # a mask's producer cone is ~20 nodes; deeper means "not a mask we know"
 _MAX_VALUES = 16
@@ -63,21 +64,6 @@ def _one(size) -> bool:
 
 def same(a, b) -> bool:
     return bool(statically_known_true(a == b))
-
-
-def _op_name(node: fx.Node) -> str | None:
-    """A name shared by a torch-level target and its aten twin ("ge", "to", "expand", ...)."""
-    if node.op == "call_method":
-        return node.target
-    if node.op != "call_function":
-        return None
-    target = node.target
-    if isinstance(target, torch._ops.OpOverload):
-        return target._overloadpacket.__name__ if target.namespace == "aten" else None
-    name = getattr(target, "__name__", "")
-    if getattr(operator, name, None) is target or getattr(torch, name, None) is target:
-        return name
-    return None
 
 
 _CASTS = {"to", "_to_copy", "type", "type_as", "float", "half", "bfloat16", "double", "bool", "int", "long",
@@ -131,7 +117,7 @@ class Analysis:
         return self.facts[node]
 
     def _derive(self, node, value) -> Fact | None:
-        name = _op_name(node)
+        name = op_name(node)
         args = node.args
         src = value_of(args[0]) if args else None
         if name in _CASTS | _RESHAPES | _EXPANDS and isinstance(src, torch.Tensor):
@@ -277,7 +263,7 @@ def _nonzero_test(cond, x) -> bool:
     """cond is ``x.bool()`` / ``x.to(torch.bool)`` / ``x != 0``."""
     if not isinstance(cond, fx.Node) or not cond.args or cond.args[0] is not x:
         return False
-    name = _op_name(cond)
+    name = op_name(cond)
     if name in _CASTS:
         return getattr(value_of(cond), "dtype", None) == torch.bool
     return name in ("ne", "__ne__") and len(cond.args) == 2 and cond.args[1] == 0

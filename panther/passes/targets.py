@@ -59,6 +59,21 @@ def _matches(node: fx.Node, family) -> bool:
     return node.op == "call_method" and node.target in methods
 
 
+def op_name(node: fx.Node) -> str | None:
+    """A name shared by a torch-level target and its aten twin ("ge", "to", "view", "mul", ...)."""
+    if node.op == "call_method":
+        return node.target
+    if node.op != "call_function":
+        return None
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return target._overloadpacket.__name__ if target.namespace == "aten" else None
+    name = getattr(target, "__name__", "")
+    if getattr(operator, name, None) is target or getattr(torch, name, None) is target:
+        return name
+    return None
+
+
 def family_of(node: fx.Node) -> str | None:
     """"linear", "addmm", "matmul", "conv2d", "sdpa", "panther" (an op of ours) or None."""
     for name, family in (("linear", LINEAR), ("addmm", ADDMM), ("matmul", MATMUL), ("conv2d", CONV2D),

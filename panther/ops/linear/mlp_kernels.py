@@ -21,18 +21,17 @@ one row block's hidden axis and store float32 partials [SPLIT, M, r2], summed af
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from .activation import check_activation
-from .triton_kernels import _SHARED_MEMORY_BUDGET, _activate, _dot_precision, _sm_count, block_r
+from .triton_kernels import (_INTERPRET, _SHARED_MEMORY_BUDGET, _activate, _dot_precision, _sm_count, _tuned,
+                             block_r)
 
 # Largest rank (r1 or r2) whose tiles the kernel keeps in registers; larger ranks use cuBLAS.
 MAX_RANK = 256
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _configs():
@@ -65,15 +64,7 @@ def _prune(configs, named_args, **kwargs):
     return [c for c in configs if smem(c, kwargs["ELEMENT_SIZE"], br, kwargs["GATED"]) <= _SHARED_MEMORY_BUDGET]
 
 
-def _tuned(configs):
-    """PANTHER_TRITON_AUTOTUNE=0 keeps only the config with the smallest tiles (fits every
-    supported rank), so GPU test runs compile one config; tests of each config pass them."""
-    if os.environ.get("PANTHER_TRITON_AUTOTUNE", "1") == "0":
-        return [min(configs, key=lambda c: smem(c, 4, MAX_RANK))]
-    return configs
-
-
-@triton.autotune(configs=_tuned(CONFIGS),
+@triton.autotune(configs=_tuned(CONFIGS, smem, MAX_RANK),
                  key=["M_BUCKET", "N", "N_PER_SPLIT", "BLOCK_R1", "BLOCK_R2", "BLOCK_RU", "HAS_BIAS", "ACTIVATION",
                       "GATED", "HAS_BIAS_U", "ELEMENT_SIZE"],
                  prune_configs_by={"early_config_prune": _prune})

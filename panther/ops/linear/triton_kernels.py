@@ -68,12 +68,12 @@ def expand_smem(config, element_size: int, block_r: int) -> int:
     return max(config.num_stages, 1) * block_r * n * element_size
 
 
-def _tuned(configs, smem):
+def _tuned(configs, smem, block_r: int = MAX_RANK // 2):
     """The configs the autotuner tries. PANTHER_TRITON_AUTOTUNE=0 keeps only the one with the
-    smallest tiles (fits every supported rank), so GPU test runs do not compile every config;
-    tests of each config pass them explicitly."""
+    smallest tiles at ``block_r`` (fits every supported rank), so GPU test runs do not compile
+    every config; tests of each config pass them explicitly."""
     if os.environ.get("PANTHER_TRITON_AUTOTUNE", "1") == "0":
-        return [min(configs, key=lambda c: smem(c, 4, MAX_RANK // 2))]
+        return [min(configs, key=lambda c: smem(c, 4, block_r))]
     return configs
 
 
