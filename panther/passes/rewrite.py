@@ -25,6 +25,7 @@ every failure is a :class:`RewriteError` naming the node.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import torch
@@ -242,25 +243,43 @@ def _rewrite_fused(emit, group: list[Candidate], prepared) -> None:
     gm = emit.gm
     first = group[0].node  # groups are in graph order
     pairs = [prepared[c.node] for c in group]
-    key = "+".join(c.name for c in group)
     try:
         with gm.graph.inserting_before(first):
-            a_cat = emit.installer.node(f"{key}.A", torch.cat([A for A, _ in pairs], dim=1).contiguous(), first)
-            rows, lead = _rows(emit, group[0].info["input"], pairs[0][0].shape[0], first)
-            shared = emit.call(aten.mm.default, (rows, a_cat), first)
-        offset = 0
+            parts, lead = _projections(emit, group, [A for A, _ in pairs], first)
         replacements = []
-        for cand, (A, B) in zip(group, pairs):
-            rank = A.shape[1]
+        for cand, part, (_, B) in zip(group, parts, pairs):
             with gm.graph.inserting_before(cand.node):
-                part = emit.call(aten.slice.Tensor, (shared, 1, offset, offset + rank), cand.node)
                 replacements.append(_expand(emit, cand, part, B, lead))
-            offset += rank
     except Exception as err:  # noqa: BLE001
         raise RewriteError(first.name, f"fusing {[c.name for c in group]} failed: {err}") from err
     for cand, new in zip(group, replacements):
         cand.node.replace_all_uses_with(new)
         gm.graph.erase_node(cand.node)
+
+
+def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: fx.Node):
+    """h_i = x_i2 @ A_i on the rows of each candidate's input, and the leading sizes of the first's.
+    Candidates reading one input share one x2 @ [A_1 .. A_n] (a column slice each); otherwise
+    each gets its own product. Factors are installed before ``before``."""
+    x = cands[0].info["input"]
+    if all(c.info["input"] is x for c in cands):
+        key = "+".join(c.name for c in cands)
+        a = emit.installer.node(f"{key}.A", torch.cat(As, dim=1).contiguous() if len(As) > 1 else As[0].contiguous(),
+                                before)
+        rows, lead = _rows(emit, x, As[0].shape[0], cands[0].node)
+        shared = emit.call(aten.mm.default, (rows, a), cands[0].node)
+        if len(cands) == 1:
+            return [shared], lead
+        bounds = list(itertools.accumulate((A.shape[1] for A in As), initial=0))
+        return [emit.call(aten.slice.Tensor, (shared, 1, lo, hi), c.node)
+                for c, lo, hi in zip(cands, bounds, bounds[1:])], lead
+    parts, lead = [], None
+    for cand, A in zip(cands, As):
+        rows, cand_lead = _rows(emit, cand.info["input"], A.shape[0], cand.node)
+        a = emit.installer.node(f"{cand.name}.A", A.contiguous(), before)
+        parts.append(emit.call(aten.mm.default, (rows, a), cand.node))
+        lead = cand_lead if lead is None else lead
+    return parts, lead
 
 
 def _rows(emit, x: fx.Node, in_features: int, like: fx.Node):
@@ -290,11 +309,9 @@ def _rewrite_mlp(emit, up: Candidate, activation: str, down: Candidate, links: l
     act_node = next(n for n in links if activation_of(n) is not None)
     try:
         with gm.graph.inserting_before(down.node):
-            a1 = emit.installer.node(f"{up.name}.A", A1.contiguous(), down.node)
+            (t,), lead = _projections(emit, [up], [A1], down.node)
             b1 = emit.installer.node(f"{up.name}.B", B1.contiguous(), down.node)
             a2 = emit.installer.node(f"{down.name}.A", A2.contiguous(), down.node)
-            rows, lead = _rows(emit, up.info["input"], A1.shape[0], up.node)
-            t = emit.call(aten.mm.default, (rows, a1), up.node)
             u = emit.call(panther.lowrank_expand_project.default, (t, b1, a2, _bias(up), activation), act_node)
             new = _expand(emit, down, u, B2, lead)
     except Exception as err:  # noqa: BLE001
@@ -313,24 +330,9 @@ def _rewrite_gated(emit, gate: Candidate, activation: str, up: Candidate, down: 
     gm = emit.gm
     (Ag, Bg), (Au, Bu), (Ad, Bd) = prepared[gate.node], prepared[up.node], prepared[down.node]
     act_node, product = links
-    x_g, x_u = gate.info["input"], up.info["input"]
     try:
         with gm.graph.inserting_before(down.node):
-            if x_g is x_u:
-                a_cat = emit.installer.node(f"{gate.name}+{up.name}.A", torch.cat([Ag, Au], dim=1).contiguous(),
-                                            down.node)
-                rows, lead = _rows(emit, x_g, Ag.shape[0], gate.node)
-                shared = emit.call(aten.mm.default, (rows, a_cat), gate.node)
-                rg, ru = Ag.shape[1], Au.shape[1]
-                h_g = emit.call(aten.slice.Tensor, (shared, 1, 0, rg), gate.node)
-                h_u = emit.call(aten.slice.Tensor, (shared, 1, rg, rg + ru), up.node)
-            else:
-                rows, lead = _rows(emit, x_g, Ag.shape[0], gate.node)
-                h_g = emit.call(aten.mm.default, (rows, emit.installer.node(f"{gate.name}.A", Ag.contiguous(), down.node)),
-                                gate.node)
-                rows_u, _ = _rows(emit, x_u, Au.shape[0], up.node)
-                h_u = emit.call(aten.mm.default, (rows_u, emit.installer.node(f"{up.name}.A", Au.contiguous(), down.node)),
-                                up.node)
+            (h_g, h_u), lead = _projections(emit, [gate, up], [Ag, Au], down.node)
             b_g = emit.installer.node(f"{gate.name}.B", Bg.contiguous(), down.node)
             b_u = emit.installer.node(f"{up.name}.B", Bu.contiguous(), down.node)
             a_d = emit.installer.node(f"{down.name}.A", Ad.contiguous(), down.node)
