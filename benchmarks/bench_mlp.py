@@ -79,9 +79,8 @@ def rel_err(form, u, *operands) -> float:
 def costs(form, M, hidden, r, element_size):
     """(bytes, FLOPs) of the fused op: the thin inputs and u once, the factors and biases once;
     two GEMMs (three for swiglu)."""
-    ranks = 3 * r if form == "swiglu" else 2 * r
-    inputs_ = 2 if form == "swiglu" else 1
-    return (element_size * (M * ranks + hidden * (ranks + inputs_)), 2 * M * hidden * ranks)
+    ranks, biases = (3 * r, 2) if form == "swiglu" else (2 * r, 1)
+    return (element_size * (M * ranks + hidden * (ranks + biases)), 2 * M * hidden * ranks)
 
 
 def row(M, hidden, r, form, dtype, device) -> dict:

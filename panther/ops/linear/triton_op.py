@@ -151,21 +151,53 @@ if triton_available:
 
     lowrank_expand.register_autograd(_expand_backward, setup_context=_setup_expand)
 
+    def _run_expand_project(h, B, C, bias, activation, up=None):
+        """The body of both MLP-middle ops (``up`` = (hu, Bu, bias_u): the gated one)."""
+        r1, hidden = B.shape
+        ru = up[1].shape[0] if up is not None else 0
+        if not (h.device.type == "cuda" and mlp_kernels.preferred(h.numel() // max(r1, 1), hidden, r1, C.shape[1],
+                                                                   h.dtype, compiled=_compiling(h), ru=ru)):
+            return _expand_project_rows(h, B, C, bias, activation, up)
+        h2, launch = h.reshape(-1, r1), torch.library.wrap_triton
+        if up is None:
+            u = mlp_kernels.expand_project(h2, B, bias, activation, C, launch=launch)
+        else:
+            hu, Bu, bias_u = up
+            u = mlp_kernels.gated_expand_project(h2, B, bias, activation, hu.reshape(-1, ru), Bu, bias_u, C,
+                                                 launch=launch)
+        return u.view(*h.shape[:-1], C.shape[1])
+
+    def _expand_project_grads(ctx, grad, h, B, C, bias, up, needs):
+        """Gradients of act(h B + b) [* (hu Bu + bu)] C for (h, B, C, bias[, hu, Bu, bias_u]) as
+        ``needs`` asks; the hidden activations are recomputed (the forward never stored them)."""
+        h2, g2 = h.reshape(-1, B.shape[0]), grad.reshape(-1, C.shape[1])
+        z = _expand_rows(h2, B, bias)
+        a = activate(z, ctx.activation)
+        dp = g2 @ C.t()
+        if up is None:
+            p, dz, grads_up = a, activation_backward(dp, z, ctx.activation), ()
+        else:
+            hu, Bu, bias_u = up
+            hu2 = hu.reshape(-1, Bu.shape[0])
+            zu = _expand_rows(hu2, Bu, bias_u)
+            p, dz, dzu = a * zu, activation_backward(dp * zu, z, ctx.activation), dp * a
+            grads_up = ((dzu @ Bu.t()).view(hu.shape) if needs[4] else None,
+                        (hu2.t() @ dzu) if needs[5] else None,
+                        dzu.sum(0) if bias_u is not None and needs[6] else None)
+        return ((dz @ B.t()).view(h.shape) if needs[0] else None,
+                (h2.t() @ dz) if needs[1] else None,
+                (p.t() @ g2) if needs[2] else None,
+                dz.sum(0) if bias is not None and needs[3] else None, *grads_up)
+
     @torch.library.triton_op("panther::lowrank_expand_project", mutates_args=())
     def lowrank_expand_project(
         h: torch.Tensor, B: torch.Tensor, C: torch.Tensor, bias: torch.Tensor | None = None,
         activation: str = "none",
     ) -> torch.Tensor:
         checks.check_expand_project(h, B, C)
-        r1, hidden = B.shape
-        checks.check_bias(bias, h, hidden)
+        checks.check_bias(bias, h, B.shape[1])
         check_activation(activation)
-        rows = h.numel() // max(r1, 1)
-        if not (h.device.type == "cuda" and mlp_kernels.preferred(rows, hidden, r1, C.shape[1], h.dtype,
-                                                                   compiled=_compiling(h))):
-            return _expand_project_rows(h, B, C, bias, activation)
-        u = mlp_kernels.expand_project(h.reshape(-1, r1), B, bias, activation, C, launch=torch.library.wrap_triton)
-        return u.view(*h.shape[:-1], C.shape[1])
+        return _run_expand_project(h, B, C, bias, activation)
 
     def _setup_expand_project(ctx, inputs, output):
         h, B, C, bias, activation = _with_defaults(inputs, 3, (None, "none"))
@@ -173,17 +205,9 @@ if triton_available:
         ctx.activation = activation
 
     def _expand_project_backward(ctx, grad):
-        # The hidden activation is recomputed (the forward never stored it).
         h, B, C, bias = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        h2, g2 = h.reshape(-1, B.shape[0]), grad.reshape(-1, C.shape[1])
-        z = _expand_rows(h2, B, bias)
-        dz = activation_backward(g2 @ C.t(), z, ctx.activation)
-        dh = (dz @ B.t()).view(h.shape) if needs[0] else None
-        dB = (h2.t() @ dz) if needs[1] else None
-        dC = (activate(z, ctx.activation).t() @ g2) if needs[2] else None
-        dbias = dz.sum(0) if bias is not None and needs[3] else None
-        return dh, dB, dC, dbias, None
+        needs = (*ctx.needs_input_grad, *(False,) * 4)  # omitted inputs need none
+        return (*_expand_project_grads(ctx, grad, h, B, C, bias, None, needs), None)
 
     lowrank_expand_project.register_autograd(_expand_project_backward, setup_context=_setup_expand_project)
 
@@ -193,17 +217,10 @@ if triton_available:
         bias: torch.Tensor | None = None, bias_u: torch.Tensor | None = None, activation: str = "silu",
     ) -> torch.Tensor:
         checks.check_gated(h, B, hu, Bu, C)
-        r1, hidden = B.shape
-        checks.check_bias(bias, h, hidden)
-        checks.check_bias(bias_u, h, hidden, "bias_u")
+        checks.check_bias(bias, h, B.shape[1])
+        checks.check_bias(bias_u, h, B.shape[1], "bias_u")
         check_activation(activation)
-        rows = h.numel() // max(r1, 1)
-        if not (h.device.type == "cuda" and mlp_kernels.preferred(rows, hidden, r1, C.shape[1], h.dtype,
-                                                                   compiled=_compiling(h), ru=Bu.shape[0])):
-            return _expand_project_rows(h, B, C, bias, activation, (hu, Bu, bias_u))
-        u = mlp_kernels.gated_expand_project(h.reshape(-1, r1), B, bias, activation, hu.reshape(-1, Bu.shape[0]), Bu,
-                                             bias_u, C, launch=torch.library.wrap_triton)
-        return u.view(*h.shape[:-1], C.shape[1])
+        return _run_expand_project(h, B, C, bias, activation, (hu, Bu, bias_u))
 
     def _setup_gated(ctx, inputs, output):
         h, B, hu, Bu, C, bias, bias_u, activation = _with_defaults(inputs, 5, (None, None, "silu"))
@@ -211,22 +228,11 @@ if triton_available:
         ctx.activation = activation
 
     def _gated_backward(ctx, grad):
-        # The hidden activations are recomputed (the forward never stored them).
         h, B, hu, Bu, C, bias, bias_u = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        h2, hu2, g2 = h.reshape(-1, B.shape[0]), hu.reshape(-1, Bu.shape[0]), grad.reshape(-1, C.shape[1])
-        z, zu = _expand_rows(h2, B, bias), _expand_rows(hu2, Bu, bias_u)
-        a = activate(z, ctx.activation)
-        dp = g2 @ C.t()
-        dz = activation_backward(dp * zu, z, ctx.activation)
-        dzu = dp * a
-        return ((dz @ B.t()).view(h.shape) if needs[0] else None,
-                (h2.t() @ dz) if needs[1] else None,
-                (dzu @ Bu.t()).view(hu.shape) if needs[2] else None,
-                (hu2.t() @ dzu) if needs[3] else None,
-                ((a * zu).t() @ g2) if needs[4] else None,
-                dz.sum(0) if bias is not None and needs[5] else None,
-                dzu.sum(0) if bias_u is not None and needs[6] else None,
-                None)
+        # op order (h, B, hu, Bu, C, bias, bias_u) -> (h, B, C, bias, hu, Bu, bias_u); omitted inputs need none
+        n = (*ctx.needs_input_grad, *(False,) * 7)
+        dh, dB, dC, dbias, dhu, dBu, dbias_u = _expand_project_grads(
+            ctx, grad, h, B, C, bias, (hu, Bu, bias_u), (n[0], n[1], n[4], n[5], n[2], n[3], n[6]))
+        return dh, dB, dhu, dBu, dC, dbias, dbias_u, None
 
     lowrank_gated_expand_project.register_autograd(_gated_backward, setup_context=_setup_gated)
