@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.library import opcheck
 
-from panther.ops.linear import mlp_kernels
+from panther.ops.linear import mlp_kernels, triton_kernels
 
 from .conftest import DEVICES, check_against_float64, rel_err
 
@@ -245,7 +245,7 @@ def test_split_choice_adds_no_guard_on_the_row_count(monkeypatch):
     without a guard on it (any split is exact), so a new batch size does not recompile."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    monkeypatch.setattr(mlp_kernels, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(triton_kernels, "_sm_count", lambda index: 132)
 
     def split_buffer(h):
         split = mlp_kernels.num_splits(mlp_kernels._size_hint(h.shape[0]), 4096, torch.device("cuda", 0))

@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 
 from .activation import check_activation
-from .triton_kernels import (_INTERPRET, _SHARED_MEMORY_BUDGET, _activate, _dot_precision, _sm_count, _tuned,
-                             block_r)
+from .triton_kernels import _INTERPRET, _SHARED_MEMORY_BUDGET, _activate, _dot_precision, _tuned, block_r
+from .triton_kernels import num_splits as linear_num_splits
 
 # Largest rank (r1 or r2) whose tiles the kernel keeps in registers; larger ranks use cuBLAS.
 MAX_RANK = 256
@@ -155,13 +155,10 @@ def _size_hint(n, fallback: int = 8192) -> int:
 
 
 def num_splits(M: int, N: int, device: torch.device) -> int:
-    """Slices of the hidden axis so that row blocks (of 64) x slices cover the SMs about 4 times."""
-    if device.type != "cuda":
-        return 1 if N <= 64 else 2  # the interpreter: exercise the split path cheaply
-    # H200, M = 8192, hidden 4096, ranks 64: 1 / 2 / 4 slices 0.080 / 0.077 / 0.071 ms
-    target_programs = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    row_blocks = triton.cdiv(max(M, 1), 64)
-    return max(1, min(triton.cdiv(target_programs, row_blocks), N // 256, 16))
+    """Slices of the hidden axis (at least 256 wide, at most 16) so that row blocks x slices
+    cover the SMs about 4 times (H200, M = 8192, hidden 4096, ranks 64: 1 / 2 / 4 slices
+    0.080 / 0.077 / 0.071 ms)."""
+    return linear_num_splits(M, N, device, min_slice=256, max_splits=16)
 
 
 def expand_project(h, B, bias, activation: str, C, launch=lambda kernel: kernel, config=None):

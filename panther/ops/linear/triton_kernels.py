@@ -263,13 +263,14 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def num_splits(M: int, K: int, device: torch.device) -> int:
-    """Slices of the K axis so that row blocks x slices fill the GPU about 4 times over."""
+def num_splits(M: int, K: int, device: torch.device, min_slice: int = 512, max_splits: int = 32) -> int:
+    """Slices of the K axis (each at least ``min_slice`` long) so that row blocks (of 64) x slices
+    fill the GPU about 4 times over."""
     if device.type != "cuda":
         return 1 if K <= 64 else 2  # the interpreter: exercise the split path cheaply
     target_programs = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     row_blocks = triton.cdiv(max(M, 1), 64)
-    return max(1, min(triton.cdiv(target_programs, row_blocks), K // 512, 32))
+    return max(1, min(triton.cdiv(target_programs, row_blocks), K // min_slice, max_splits))
 
 
 def _strides(t: torch.Tensor):
