@@ -154,7 +154,8 @@ def gated_chains(linears: list[Candidate]) -> list[tuple[Candidate, str, Candida
             up = by_node.get(up_node)
             if gate is None or up is None or gate is up:
                 continue
-            same = all(c.weight.dtype == down.weight.dtype and c.weight.device == down.weight.device for c in (gate, up))
+            same = all(c.weight.dtype == down.weight.dtype and c.weight.device == down.weight.device
+                       for c in (gate, up))
             if (same and _sole_user(act_node) is product and _sole_user(gate.node) is act_node
                     and _sole_user(up.node) is product and gate.info.get("out_features") == up.info.get("out_features")
                     and _lead(gate.info.get("input")) == _lead(up.info.get("input")) == _lead(product)):

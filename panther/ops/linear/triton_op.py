@@ -46,6 +46,18 @@ def _with_defaults(inputs, required: int, defaults: tuple):
     return (*inputs, *defaults[len(inputs) - required:])
 
 
+def _saving_setup(required: int, defaults: tuple):
+    """setup_context of an op whose inputs are tensors then ``activation`` (``required`` given,
+    the rest ``defaults``): saves the tensors for the backward and the activation on ctx."""
+
+    def setup(ctx, inputs, output):
+        *tensors, activation = _with_defaults(inputs, required, defaults)
+        ctx.save_for_backward(*tensors)
+        ctx.activation = activation
+
+    return setup
+
+
 def _expand_rows(h: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """h B + bias computed on the rows of h (a view where h's leading dims merge, e.g. a column
     slice): a ``linear`` on a non-contiguous 3-D h decomposes into a batched matmul plus a
@@ -107,18 +119,13 @@ if triton_available:
                                            launch=torch.library.wrap_triton)
         return y.view(*x.shape[:-1], d_out)
 
-    def _setup_lowrank(ctx, inputs, output):
-        x, A, B, bias, activation = _with_defaults(inputs, 3, (None, "none"))
-        ctx.save_for_backward(x, A, B, bias)
-        ctx.activation = activation
-
     def _lowrank_backward(ctx, grad):
         x, A, B, bias = ctx.saved_tensors
         if ctx.activation != "none":  # the pre-activation, recomputed
             grad = activation_backward(grad, _ops.lowrank_linear(x, A, B, bias), ctx.activation)
         return (*lowrank_linear_grads(ctx, grad, x, A, B, bias is not None), None)
 
-    lowrank_linear_triton.register_autograd(_lowrank_backward, setup_context=_setup_lowrank)
+    lowrank_linear_triton.register_autograd(_lowrank_backward, setup_context=_saving_setup(3, (None, "none")))
 
     @torch.library.triton_op("panther::lowrank_expand", mutates_args=())
     def lowrank_expand(
@@ -133,11 +140,6 @@ if triton_available:
         y = triton_kernels.lowrank_expand(h.reshape(-1, r), B, bias, activation, launch=torch.library.wrap_triton)
         return y.view(*h.shape[:-1], d_out)
 
-    def _setup_expand(ctx, inputs, output):
-        h, B, bias, activation = _with_defaults(inputs, 2, (None, "none"))
-        ctx.save_for_backward(h, B, bias)
-        ctx.activation = activation
-
     def _expand_backward(ctx, grad):
         h, B, bias = ctx.saved_tensors
         if ctx.activation != "none":
@@ -149,7 +151,7 @@ if triton_available:
         dbias = g2.sum(0) if bias is not None and needs[2] else None
         return dh, dB, dbias, None
 
-    lowrank_expand.register_autograd(_expand_backward, setup_context=_setup_expand)
+    lowrank_expand.register_autograd(_expand_backward, setup_context=_saving_setup(2, (None, "none")))
 
     def _run_expand_project(h, B, C, bias, activation, up=None):
         """The body of both MLP-middle ops (``up`` = (hu, Bu, bias_u): the gated one)."""
@@ -199,17 +201,12 @@ if triton_available:
         check_activation(activation)
         return _run_expand_project(h, B, C, bias, activation)
 
-    def _setup_expand_project(ctx, inputs, output):
-        h, B, C, bias, activation = _with_defaults(inputs, 3, (None, "none"))
-        ctx.save_for_backward(h, B, C, bias)
-        ctx.activation = activation
-
     def _expand_project_backward(ctx, grad):
         h, B, C, bias = ctx.saved_tensors
         needs = (*ctx.needs_input_grad, *(False,) * 4)  # omitted inputs need none
         return (*_expand_project_grads(ctx, grad, h, B, C, bias, None, needs), None)
 
-    lowrank_expand_project.register_autograd(_expand_project_backward, setup_context=_setup_expand_project)
+    lowrank_expand_project.register_autograd(_expand_project_backward, setup_context=_saving_setup(3, (None, "none")))
 
     @torch.library.triton_op("panther::lowrank_gated_expand_project", mutates_args=())
     def lowrank_gated_expand_project(
@@ -222,11 +219,6 @@ if triton_available:
         check_activation(activation)
         return _run_expand_project(h, B, C, bias, activation, (hu, Bu, bias_u))
 
-    def _setup_gated(ctx, inputs, output):
-        h, B, hu, Bu, C, bias, bias_u, activation = _with_defaults(inputs, 5, (None, None, "silu"))
-        ctx.save_for_backward(h, B, hu, Bu, C, bias, bias_u)
-        ctx.activation = activation
-
     def _gated_backward(ctx, grad):
         h, B, hu, Bu, C, bias, bias_u = ctx.saved_tensors
         # op order (h, B, hu, Bu, C, bias, bias_u) -> (h, B, C, bias, hu, Bu, bias_u); omitted inputs need none
@@ -235,4 +227,5 @@ if triton_available:
             ctx, grad, h, B, C, bias, (hu, Bu, bias_u), (n[0], n[1], n[4], n[5], n[2], n[3], n[6]))
         return dh, dB, dhu, dBu, dC, dbias, dbias_u, None
 
-    lowrank_gated_expand_project.register_autograd(_gated_backward, setup_context=_setup_gated)
+    lowrank_gated_expand_project.register_autograd(_gated_backward,
+                                                   setup_context=_saving_setup(5, (None, None, "silu")))
