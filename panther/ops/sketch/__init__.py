@@ -45,7 +45,8 @@ def bucket_order(rows, d: int, chunk_rows: int | None = None):
     bucket sort by output row). On the GPU the d programs of one chunk run side by side, so the
     s gathers of an input row can be served by L2 while the chunk (R rows of a column tile, at
     most SEGMENT_CHUNK_ROWS x 512 bytes) is there, so that A is read from memory about once even
-    for s > 1 (the aim; the constant is to be tuned on the GPU).
+    for s > 1 (H200 probe, 2^21 x 128 float32 sketched to 512 rows with s = 4: 1.55 ms in
+    chunks of 2^15 rows against 2.05 ms as one chunk; 2^14 to 2^17 rows within 5%).
 
     The keys c * d + r are sorted in the narrowest integer type that holds them (a radix sort
     makes one pass per key byte: 2 for int16 instead of 8 for int64; up to 2^16 keys fit int16
