@@ -6,9 +6,9 @@
     python -m benchmarks.attention_configs --backward         # every backward config
     python -m benchmarks.attention_configs --backward --one 2 1  # dkv (kernel 2) config 1
 
-The key-pass configs (the walk kernel's when causal, the state kernel's when not: STATE in
---one) run with the first output config and the output configs with the first key-pass
-config. Every pair runs in its own process with CUDA_LAUNCH_BLOCKING=1, so a config
+Every key-pass config (the walk kernel's when causal, the state kernel's when not: STATE in
+--one) runs with every output config that runs in that mode (OUTPUT in --one indexes
+GPU_OUTPUT_CONFIGS; Triton 3.6 miscompiled some pairs only). Every pair runs in its own process with CUDA_LAUNCH_BLOCKING=1, so a config
 that faults (illegal memory access) is named and does not poison the others; the
 autotuned path (what the op runs) is checked last, in its own process too.
 B=4, H=16, D=64, m=256, bf16; the error is against torch.ops.panther.favor_attention.
@@ -103,13 +103,16 @@ def main() -> None:
     if args.one is not None:
         (one_backward if args.backward else one)(*args.one, args.n, args.causal)
         return
-    from panther.ops.attention.triton_kernels import GPU_OUTPUT_CONFIGS, GPU_STATE_CONFIGS, GPU_WALK_CONFIGS
+    from panther.ops.attention.triton_kernels import GPU_OUTPUT_CONFIGS, GPU_STATE_CONFIGS, GPU_WALK_CONFIGS, output_configs
 
     def pairs(causal):
+        """Every key config with every output config that runs in this mode (Triton miscompiles
+        some pairs only: one process each, so a fault names its pair)."""
         if args.backward:
             return [(kernel, j) for kernel, configs in enumerate(_backward_configs()[1]) for j in range(len(configs))]
         keys = GPU_WALK_CONFIGS if causal else GPU_STATE_CONFIGS
-        return [(i, 0) for i in range(len(keys))] + [(0, j) for j in range(1, len(GPU_OUTPUT_CONFIGS))]
+        outputs = [j for j, c in enumerate(GPU_OUTPUT_CONFIGS) if c in output_configs(causal, gpu=True)]
+        return [(i, j) for i in range(len(keys)) for j in outputs]
 
     env = {**os.environ, "CUDA_LAUNCH_BLOCKING": "1"}
     failed = []

@@ -131,13 +131,14 @@ def sketch_jobs():
 def mlp_jobs(every: bool):
     """(name, JITFunction, signature, constexprs, num_warps, num_stages, attrs) of the fused MLP
     kernel (panther/ops/linear/mlp_kernels.py) for bf16 GELU and gated SiLU at ranks 64 and 128,
-    every config that fits (without ``every``: the first): contiguous operands (unit inner strides),
+    every config that fits (without ``every``: ``config_for``'s): contiguous operands (unit inner strides),
     other sizes multiples of 16."""
     from panther.ops.linear import mlp_kernels as mk
 
-    fn = mk._expand_project_kernel.fn
+    fn = mk._expand_project_kernel
     units = ("stride_hr", "stride_bn", "stride_ur", "stride_bun", "stride_cr", "stride_or")
-    for config, rank, gated in itertools.product(mk.CONFIGS if every else mk.CONFIGS[:1], (64, 128), (False, True)):
+    for config, rank, gated in itertools.product(mk.CONFIGS if every else [None], (64, 128), (False, True)):
+        config = config or mk.config_for(rank, 2, gated)
         if mk.smem(config, 2, rank, gated) > mk._SHARED_MEMORY_BUDGET:
             continue
         consts = dict(HAS_BIAS=True, ACTIVATION=4 if gated else 2, GATED=gated, HAS_BIAS_U=gated, BLOCK_R1=rank,
@@ -208,7 +209,7 @@ def jobs(every: bool):
         else:
             for c in pick(tk.GPU_STATE_CONFIGS):
                 yield what, tk._segment_state_kernel, c, dtype, dict(base, HAS_KEEP=keep, DV_PAD=64)
-        for c in pick(tk.GPU_OUTPUT_CONFIGS):
+        for c in pick(tk.output_configs(causal, gpu=True)):
             yield what, tk._chunk_output_kernel, c, dtype, dict(
                 base, HAS_KEEP=keep, CAUSAL=causal, STATE_BF16=derived_bf16,
                 STATE_PRECISION=precision if dtype == "bf16" else derived_precision, MASK_F=False,

@@ -114,16 +114,27 @@ GPU_WALK_CONFIGS = [
 ]
 # 8 warps: the products with the features [m, CHUNK] split m across two warp groups; 4 warps
 # with 32-query chunks: two programs an SM (250 registers, no spills), which hide each other's
-# loads of the stored state. The first (the one config when autotuning is off) is the fastest
-# measured at the benchmark shape (H200, B=4 H=16 N=16384 D=64 m=256 bf16: causal 2.26 ms,
-# non-causal 0.86, against 3.65 / 1.07 for (32, 64, 8, 2)); with one stage it fits every
-# supported size in shared memory, as (32, 64, 8, 2) does (head dims of 256 in bf16: 176 KB),
-# while (64, 64, 8, 2) needs 240 KB at 256. No value blocks narrower than 64 (the features would
-# be computed once per block; and (64, 32, 8, 2) of the former kernel faulted under Triton 3.6).
+# loads of the stored state. With one stage (32, 64, 4, 1) fits every supported size in shared
+# memory, as (32, 64, 8, 2) does (head dims of 256 in bf16: 176 KB), while (64, 64, 8, 2) needs
+# 240 KB at 256. No value blocks narrower than 64 (the features would be computed once per
+# block; and (64, 32, 8, 2) of the former kernel faulted under Triton 3.6).
+# Each config runs in the modes listed (True: causal). Triton 3.6 miscompiles two of them on the
+# H200 in one mode each: (32, 64, 4, 1) non-causal and (32, 64, 8, 2) causal gave outputs off by
+# 1-10x their size, at times an illegal address, with every key config at three shapes (H200
+# probe of every pair, one process each), while the bounds-checked interpreter runs both exactly
+# (test_triton_every_gpu_config_in_bounds). The first config of each mode (the one when
+# autotuning is off) is the fastest measured at the benchmark shape (H200, B=4 H=16 N=16384 D=64
+# m=256 bf16, causal: 2.26 ms against 3.65 for (32, 64, 8, 2)).
+_GPU_OUTPUT_TABLE = (
+    ((32, 64, 4, 1), (True,)),
+    ((32, 64, 8, 2), (False,)),
+    ((64, 64, 8, 2), (True, False)),
+    ((32, 64, 8, 1), (True, False)),
+)
 GPU_OUTPUT_CONFIGS = [
-    triton.Config({"CHUNK": c, "BDV": bdv}, num_warps=w, num_stages=s)
-    for c, bdv, w, s in ((32, 64, 4, 1), (32, 64, 8, 2), (64, 64, 8, 2), (32, 64, 8, 1))
+    triton.Config({"CHUNK": c, "BDV": bdv}, num_warps=w, num_stages=s) for (c, bdv, w, s), _ in _GPU_OUTPUT_TABLE
 ]
+_OUTPUT_MODES = {id(c): modes for c, (_, modes) in zip(GPU_OUTPUT_CONFIGS, _GPU_OUTPUT_TABLE)}
 GPU_STATE_LEN = 128  # keys between two stored causal states (a multiple of 64)
 
 
@@ -148,6 +159,20 @@ def _output_configs():
 STATE_CONFIGS = _state_configs()
 WALK_CONFIGS = _walk_configs()
 OUTPUT_CONFIGS = _output_configs()
+
+
+def _runs_in(config, causal: bool) -> bool:
+    return causal in _OUTPUT_MODES.get(id(config), (True, False))
+
+
+def output_configs(causal: bool, gpu: bool = False) -> list:
+    """The output kernel's configs (``gpu``: the GPU list, also in the interpreter) that run in
+    this mode."""
+    return [c for c in (GPU_OUTPUT_CONFIGS if gpu else OUTPUT_CONFIGS) if _runs_in(c, causal)]
+
+
+def _prune_output_configs(configs, named_args, **kwargs):
+    return [c for c in configs if _runs_in(c, kwargs["CAUSAL"])]
 STATE_LEN = 32 if _INTERPRET else GPU_STATE_LEN
 
 
@@ -455,9 +480,10 @@ def _state_product(at, st_ptr, sidx, DV, offs_m, offs_v, v_ok, M_PAD: tl.constex
     return prod
 
 
-@triton.autotune(configs=_tuned(OUTPUT_CONFIGS),
+@triton.autotune(configs=list({id(c): c for c in _tuned(output_configs(True)) + _tuned(output_configs(False))}.values()),
                  key=["LEN_BUCKET", "M_PAD", "D_PAD", "DV", "CAUSAL", "SOFTMAX", "HAS_KEEP", "ELEMENT_SIZE",
-                      "STATE_LEN"])
+                      "STATE_LEN"],
+                 prune_configs_by={"early_config_prune": _prune_output_configs})
 @triton.jit
 def _chunk_output_kernel(
     q_ptr, k_ptr, v_ptr, p_ptr, keep_ptr, st_ptr, sz_ptr, sc_ptr, e_ptr, ez_ptr, ec_ptr, o_ptr,
@@ -806,12 +832,15 @@ def favor_forward(q, k, v, projection, kernel_fn: str, causal: bool, key_padding
     state_dtype = torch.bfloat16 if state_bf16 else torch.float32
     output_kernel, meta_o = _chunk_output_kernel, {}
     if configs is not None:
+        if not _runs_in(configs[1], causal):
+            raise ValueError(f"favor_forward: output config {configs[1]} does not run {'causal' if causal else 'non-causal'}"
+                             " attention (Triton miscompiles it in that mode; see _GPU_OUTPUT_TABLE)")
         output_kernel, meta_o = _chunk_output_kernel.fn, _config_meta(configs[1])
     key_config = None if configs is None else configs[0]
 
     if causal:
         state_len = state_len or STATE_LEN
-        _check_state_len(state_len, OUTPUT_CONFIGS if configs is None else [configs[1]], "CHUNK")
+        _check_state_len(state_len, output_configs(True) if configs is None else [configs[1]], "CHUNK")
         if segments > 0:
             seg_len, nseg = _split(S, segments, state_len)
         else:  # the walk is the serial part: enough segments to fill the device, but at least 1024
