@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .activation import check_activation
-from .triton_kernels import _INTERPRET, _SHARED_MEMORY_BUDGET, _activate, _dot_precision, _tuned, block_r
+from .triton_kernels import _INTERPRET, _SHARED_MEMORY_BUDGET, _activate, _dot_precision, block_r
 from .triton_kernels import num_splits as linear_num_splits
 
 # Largest rank (r1 or r2) whose tiles the kernel keeps in registers; larger ranks use cuBLAS.
@@ -37,17 +37,13 @@ MAX_RANK = 256
 def _configs():
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    # H200, M = 8192, hidden 4096, ranks 64, bf16 GELU (ms, alone): (64, 64, 4, 3) 0.058,
-    # (128, 64, 8, 3) 0.062, (64, 32, 4, 2) 0.065 (the smallest tiles: rank 256 in bf16), against
-    # 0.067-0.116 for 128-wide hidden blocks. Inside the 24-layer benchmark model the autotuned
-    # choice among these three ran the model in 6.2 ms where (64, 64, 4, 3) fixed took 6.65-6.70
-    # (its kernel 86 us a call against 68): so autotune, over few configs.
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in ((64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2))
+        for bm, bn, w, s in ((64, 64, 4, 3), (64, 32, 4, 2), (64, 32, 4, 1))
     ]
 
 
+# The kernel's configs, in order of preference for ranks up to 64 (``config_for``).
 CONFIGS = _configs()
 
 
@@ -59,19 +55,26 @@ def smem(config, element_size: int, block_r: int, gated: bool = False) -> int:
     return (max(config.num_stages, 1) * factors * block_r * n + (factors - 1) * m * block_r + m * n) * element_size
 
 
-def _prune(configs, named_args, **kwargs):
-    br = max(kwargs["BLOCK_R1"], kwargs["BLOCK_R2"], kwargs["BLOCK_RU"])
-    return [c for c in configs if smem(c, kwargs["ELEMENT_SIZE"], br, kwargs["GATED"]) <= _SHARED_MEMORY_BUDGET]
+@functools.lru_cache(maxsize=None)
+def config_for(block_r: int, element_size: int, gated: bool = False):
+    """The config for ranks padded to ``block_r``, or None where none fits shared memory.
+
+    Chosen, not autotuned: an autotuned kernel compiles every config the first time it meets
+    a shape (seconds of torch.compile time each), and between configs this close the choice
+    followed timing noise (the 24-layer benchmark model ran in 6.2 or 6.7 ms by the pick).
+    H200, M = 8192, hidden 4096, bf16 GELU, 4 hidden slices (ms; sweep of 17 configs):
+    ranks 64: (64, 64, 4, 3) 0.0559, (64, 64, 4, 2) 0.0564, (128, 64, 8, 3) 0.0596,
+    (64, 32, 4, 2) > 0.064; ranks 128: (128, 32, 8, 2) 0.0735, (64, 32, 4, 2) 0.0739,
+    (64, 128, 4, 1) 0.0817, (64, 64, 4, 3) 0.0902. Larger ranks take the narrower hidden blocks.
+    """
+    order = CONFIGS if block_r <= 64 else sorted(CONFIGS, key=lambda c: c.kwargs["BLOCK_N"])
+    return next((c for c in order if smem(c, element_size, block_r, gated) <= _SHARED_MEMORY_BUDGET), None)
 
 
-@triton.autotune(configs=_tuned(CONFIGS, smem, MAX_RANK),
-                 key=["M_BUCKET", "N", "N_PER_SPLIT", "BLOCK_R1", "BLOCK_R2", "BLOCK_RU", "HAS_BIAS", "ACTIVATION",
-                      "GATED", "HAS_BIAS_U", "ELEMENT_SIZE"],
-                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _expand_project_kernel(
     h_ptr, b_ptr, bias_ptr, hu_ptr, bu_ptr, bias_u_ptr, c_ptr, out_ptr,
-    M, N, R1, RU, R2, N_PER_SPLIT, M_BUCKET,
+    M, N, R1, RU, R2, N_PER_SPLIT,
     stride_hm, stride_hr, stride_bk, stride_bn, stride_um, stride_ur, stride_buk, stride_bun,
     stride_cn, stride_cr, stride_os, stride_om, stride_or,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, GATED: tl.constexpr, HAS_BIAS_U: tl.constexpr,
@@ -127,8 +130,7 @@ def supported(r1: int, r2: int, dtype: torch.dtype, ru: int = 0) -> bool:
     (and registers: ranks <= MAX_RANK)."""
     if max(r1, r2, ru) > MAX_RANK or dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return False
-    br = max(block_r(r1), block_r(r2), block_r(ru))
-    return any(smem(c, dtype.itemsize, br, ru > 0) <= _SHARED_MEMORY_BUDGET for c in CONFIGS)
+    return config_for(max(block_r(r1), block_r(r2), block_r(ru)), dtype.itemsize, ru > 0) is not None
 
 
 # Eagerly a Triton op call costs 0.10-0.15 ms of host time (H200 machines, triton_op), against
@@ -163,7 +165,7 @@ def num_splits(M: int, N: int, device: torch.device) -> int:
 
 def expand_project(h, B, bias, activation: str, C, launch=lambda kernel: kernel, config=None):
     """u = act(h B + bias) C for 2-D h [M, r1] (any strides), B [r1, N], bias [N] or None,
-    C [N, r2]; h is rounded to B's dtype first. ``config`` bypasses autotuning (tests)."""
+    C [N, r2]; h is rounded to B's dtype first. ``config``: a triton.Config instead of ``config_for``'s (tests)."""
     return _expand_project(h, B, bias, activation, None, C, launch, config)
 
 
@@ -191,15 +193,15 @@ def _expand_project(h, B, bias, activation, up, C, launch, config):
     n_per_split = triton.cdiv(triton.cdiv(N, split), 256) * 256  # whole BLOCK_N steps per slice
     split = triton.cdiv(N, n_per_split)
     dest = out.unsqueeze(0) if split == 1 else h.new_empty((split, M, r2), dtype=torch.float32)
-    kernel, meta = (_expand_project_kernel, {}) if config is None else (
-        _expand_project_kernel.fn, {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages})
-    launch(kernel)[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), split)](
+    br = (block_r(r1), block_r(ru) if up is not None else 16, block_r(r2))
+    config = config or config_for(max(br), B.element_size(), up is not None)
+    launch(_expand_project_kernel)[(triton.cdiv(M, config.kwargs["BLOCK_M"]), split)](
         h, B, bias if bias is not None else B, hu, Bu, bias_u if bias_u is not None else B, C, dest,
-        M, N, r1, ru, r2, n_per_split, triton.next_power_of_2(M),
+        M, N, r1, ru, r2, n_per_split,
         h.stride(0), h.stride(1), B.stride(0), B.stride(1), hu.stride(0), hu.stride(1), Bu.stride(0), Bu.stride(1),
         C.stride(0), C.stride(1), dest.stride(0), dest.stride(1), dest.stride(2),
         HAS_BIAS=bias is not None, ACTIVATION=code, GATED=up is not None, HAS_BIAS_U=bias_u is not None,
-        BLOCK_R1=block_r(r1), BLOCK_RU=block_r(ru) if up is not None else 16, BLOCK_R2=block_r(r2),
-        ELEMENT_SIZE=B.element_size(), DOT_PRECISION=_dot_precision(B.dtype), **meta,
+        BLOCK_R1=br[0], BLOCK_RU=br[1], BLOCK_R2=br[2], ELEMENT_SIZE=B.element_size(),
+        DOT_PRECISION=_dot_precision(B.dtype), **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out if split == 1 else dest.sum(0).to(B.dtype)
