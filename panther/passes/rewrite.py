@@ -9,7 +9,9 @@
   becomes the [B, S] ``key_padding_mask`` (``masks.py``), and queries that see no key get 0,
   as from SDPA.
 * linears that read the same input and are all sketched -> one shared ``x @ [A_1 .. A_n]``,
-  then a slice and ``addmm`` per consumer (``fusion.py`` finds the groups).
+  then a slice and ``addmm`` per consumer (``fusion.py`` finds the groups); where the group's
+  total rank is at most ``BLOCK_DIAGONAL_MAX_RANK`` and its members all have a bias or none
+  does, one ``addmm`` against ``blockdiag(B_1 .. B_n)`` and a column slice per consumer instead.
 * down(act(gate(x)) * up(x)), all sketched (SwiGLU) -> ``x @ [A_g A_u]``, then
   ``panther.lowrank_gated_expand_project`` on the two slices, then ``addmm(b_d, u, B_d)``.
 * sketched linear -> activation -> sketched linear (an MLP) -> ``x @ A1``, then
@@ -233,7 +235,8 @@ _REWRITERS = {"linear": _rewrite_linear, "conv2d": _rewrite_conv, "attention": _
 
 def _rewrite_fused(emit, group: list[Candidate], prepared) -> None:
     """h = x2 @ [A_1 .. A_n] once on the rows x2 = x.reshape(-1, in), then y_i = addmm(b_i, h[:, slice_i], B_i)
-    reshaped back, for each member.
+    reshaped back, for each member; or, where :func:`_block_diagonal_applies`, all y_i from one
+    block-diagonal GEMM (:func:`_expand_block_diagonal`).
 
     Two-dimensional on purpose: a ``linear`` on a slice of a 3-D product is not contiguous, so
     it decomposes into a batched matmul plus a separate bias pass (measured on an H200: one
@@ -243,13 +246,17 @@ def _rewrite_fused(emit, group: list[Candidate], prepared) -> None:
     gm = emit.gm
     first = group[0].node  # groups are in graph order
     pairs = [prepared[c.node] for c in group]
+    block_diagonal = _block_diagonal_applies(group, pairs)
     try:
         with gm.graph.inserting_before(first):
-            parts, lead = _projections(emit, group, [A for A, _ in pairs], first)
-        replacements = []
-        for cand, part, (_, B) in zip(group, parts, pairs):
-            with gm.graph.inserting_before(cand.node):
-                replacements.append(_expand(emit, cand, part, B, lead))
+            parts, lead = _projections(emit, group, [A for A, _ in pairs], first, joined=block_diagonal)
+        if block_diagonal:
+            replacements = _expand_block_diagonal(emit, group, parts[0], [B for _, B in pairs], lead)
+        else:
+            replacements = []
+            for cand, part, (_, B) in zip(group, parts, pairs):
+                with gm.graph.inserting_before(cand.node):
+                    replacements.append(_expand(emit, cand, part, B, lead))
     except Exception as err:  # noqa: BLE001
         raise RewriteError(first.name, f"fusing {[c.name for c in group]} failed: {err}") from err
     for cand, new in zip(group, replacements):
@@ -257,10 +264,11 @@ def _rewrite_fused(emit, group: list[Candidate], prepared) -> None:
         gm.graph.erase_node(cand.node)
 
 
-def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: fx.Node):
+def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: fx.Node, *, joined: bool = False):
     """h_i = x_i2 @ A_i on the rows of each candidate's input, and the leading sizes of the first's.
-    Candidates reading one input share one x2 @ [A_1 .. A_n] (a column slice each); otherwise
-    each gets its own product. Factors are installed before ``before``."""
+    Candidates reading one input share one x2 @ [A_1 .. A_n] (a column slice each, or with
+    ``joined`` the whole product as the only element); otherwise each gets its own product
+    (``joined`` then is an error). Factors are installed before ``before``."""
     x = cands[0].info["input"]
     if all(c.info["input"] is x for c in cands):
         key = "+".join(c.name for c in cands)
@@ -268,11 +276,13 @@ def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: f
                                 before)
         rows, lead = _rows(emit, x, As[0].shape[0], cands[0].node)
         shared = emit.call(aten.mm.default, (rows, a), cands[0].node)
-        if len(cands) == 1:
+        if len(cands) == 1 or joined:
             return [shared], lead
         bounds = list(itertools.accumulate((A.shape[1] for A in As), initial=0))
         return [emit.call(aten.slice.Tensor, (shared, 1, lo, hi), c.node)
                 for c, lo, hi in zip(cands, bounds, bounds[1:])], lead
+    if joined:
+        raise ValueError("a joined product needs candidates reading one input")
     parts, lead = [], None
     for cand, A in zip(cands, As):
         rows, cand_lead = _rows(emit, cand.info["input"], A.shape[0], cand.node)
@@ -280,6 +290,45 @@ def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: f
         parts.append(emit.call(aten.mm.default, (rows, a), cand.node))
         lead = cand_lead if lead is None else lead
     return parts, lead
+
+
+# Largest total rank of a shared-input group whose expansions run as one block-diagonal GEMM.
+BLOCK_DIAGONAL_MAX_RANK = 256
+
+
+def _block_diagonal_applies(group: list[Candidate], pairs) -> bool:
+    """Whether a group's expansions run as one block-diagonal GEMM: its members read one input,
+    their total rank is at most ``BLOCK_DIAGONAL_MAX_RANK`` and they all have a bias or none does."""
+    x = group[0].info["input"]
+    return (all(c.info["input"] is x for c in group) and sum(A.shape[1] for A, _ in pairs) <= BLOCK_DIAGONAL_MAX_RANK
+            and len({_bias(c) is None for c in group}) == 1)
+
+
+def _expand_block_diagonal(emit, group: list[Candidate], h: fx.Node, Bs: list[torch.Tensor], lead) -> list[fx.Node]:
+    """y = addmm([b_1 .. b_n], h, blockdiag(B_1 .. B_n)) once (mm without biases) on the joined
+    product h = x2 @ [A_1 .. A_n], then a column slice of y per member, reshaped to its output.
+
+    One GEMM writing [M, sum(out_i)] instead of n launches: the zero blocks multiply n-fold a
+    product whose cost at these ranks is its output write (the q/k/v expansions of a d=1024
+    transformer at rank 64 on 8192 rows: 9.7 GFLOP against 3 x 1.07, one 48 MiB write in a
+    2-byte dtype either way). Exact: the zeros add nothing. Each member's output is a view (row stride sum(out_i))."""
+    first = group[0].node
+    key = "+".join(c.name for c in group)
+    biases = [_bias(c) for c in group]
+    with emit.gm.graph.inserting_before(first):
+        b = emit.installer.node(f"{key}.B", torch.block_diag(*Bs).contiguous(), first)
+        if biases[0] is None:
+            out = emit.call(aten.mm.default, (h, b), first)
+        else:
+            bias = emit.call(aten.cat.default, (biases, 0), first)
+            out = emit.call(aten.addmm.default, (bias, h, b), first)
+    bounds = list(itertools.accumulate((B.shape[1] for B in Bs), initial=0))
+    replacements = []
+    for cand, lo, hi in zip(group, bounds, bounds[1:]):
+        with emit.gm.graph.inserting_before(cand.node):
+            part = emit.call(aten.slice.Tensor, (out, 1, lo, hi), cand.node)
+            replacements.append(emit.call(aten.reshape.default, (part, [*lead, hi - lo]), cand.node))
+    return replacements
 
 
 def _rows(emit, x: fx.Node, in_features: int, like: fx.Node):
