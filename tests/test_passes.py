@@ -370,6 +370,41 @@ def test_fusion_expands_a_bias_free_group_as_one_block_diagonal_mm():
     assert t.count(aten.mm.default) == 2  # x·[A_q A_k A_v], then h·blockdiag(B_q, B_k, B_v)
 
 
+class LateBias(nn.Module):
+    """q and k read one input; k's bias is computed after q's linear, so one GEMM before q cannot read it."""
+
+    def __init__(self, d=64):
+        super().__init__()
+        self.q, self.k = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        q = self.q(x)
+        return q * F.linear(x, self.k.weight, self.k.bias * 2)
+
+
+class FlatViews(nn.Module):
+    """q and k read one input; their outputs are viewed across the rows, which needs contiguous rows."""
+
+    def __init__(self, d=64):
+        super().__init__()
+        self.q, self.k = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        B = x.shape[0]
+        return self.q(x).view(B, -1) + self.k(x).view(B, -1)
+
+
+@pytest.mark.parametrize("model_class", [LateBias, FlatViews])
+def test_fusion_expands_per_member_where_the_block_diagonal_gemm_would_not_trace(model_class):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 64)
+    fused, cap, unfused, _ = run_fused_and_unfused(model_class().eval(), x, options={"num_terms": 1, "low_rank": 8,
+                                                                                       "seed": 3})
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
+    t = targets_of(cap.graphs[0])
+    assert t.count(torch.ops.aten.addmm.default) == 2 and t.count(torch.ops.aten.mm.default) == 1
+
+
 @pytest.mark.parametrize("case", ["mixed-bias", "large-rank"])
 def test_fusion_expands_per_member_where_one_block_diagonal_gemm_does_not_apply(case):
     torch.manual_seed(0)
