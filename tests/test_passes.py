@@ -185,7 +185,7 @@ def test_fusion_shares_one_product_and_matches_unfused():
     aten = torch.ops.aten
     t_fused, t_unfused = targets_of(cap.graphs[0]), targets_of(cap2.graphs[0])
     assert t_fused.count(aten.mm.default) == 1  # x·[A_q A_k A_v], on the rows of x
-    assert t_fused.count(aten.addmm.default) == 1  # one block-diagonal expansion [B_q; B_k; B_v], biases in the GEMM
+    assert t_fused.count(aten.addmm.default) == 3  # each expansion on a strided 2-D slice, bias in the GEMM
     assert aten.linear.default not in t_fused and aten.matmul.default not in t_fused
     assert t_fused.count(torch.ops.panther.lowrank_linear.default) == 1  # o reads another input
     assert t_unfused.count(torch.ops.panther.lowrank_linear.default) == 4
@@ -354,71 +354,6 @@ def test_activation_of_reads_only_plain_out_of_place_activations():
     assert activation_of(g.call_function(aten.gelu.default, (z, "sigmoid"))) is None
     assert activation_of(g.call_function(aten.silu.default, (z,))) == "silu"
     assert activation_of(g.call_function(aten.relu.default, (z, z))) is None  # an argument we do not read
-
-
-def test_fusion_expands_a_bias_free_group_as_one_block_diagonal_mm():
-    torch.manual_seed(0)
-    model = QKV().eval()
-    for p in (model.q, model.k, model.v):
-        p.bias = None
-    x = torch.randn(2, 6, 64)
-    fused, cap, unfused, _ = run_fused_and_unfused(model, x, options={"num_terms": 1, "low_rank": 8, "seed": 3})
-    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
-    t = targets_of(cap.graphs[0])
-    aten = torch.ops.aten
-    assert t.count(aten.addmm.default) == 0 and aten.cat.default not in t
-    assert t.count(aten.mm.default) == 2  # x·[A_q A_k A_v], then h·blockdiag(B_q, B_k, B_v)
-
-
-class LateBias(nn.Module):
-    """q and k read one input; k's bias is computed after q's linear, so one GEMM before q cannot read it."""
-
-    def __init__(self, d=64):
-        super().__init__()
-        self.q, self.k = nn.Linear(d, d), nn.Linear(d, d)
-
-    def forward(self, x):
-        q = self.q(x)
-        return q * F.linear(x, self.k.weight, self.k.bias * 2)
-
-
-class FlatViews(nn.Module):
-    """q and k read one input; their outputs are viewed across the rows, which needs contiguous rows."""
-
-    def __init__(self, d=64):
-        super().__init__()
-        self.q, self.k = nn.Linear(d, d), nn.Linear(d, d)
-
-    def forward(self, x):
-        B = x.shape[0]
-        return self.q(x).view(B, -1) + self.k(x).view(B, -1)
-
-
-@pytest.mark.parametrize("model_class", [LateBias, FlatViews])
-def test_fusion_expands_per_member_where_the_block_diagonal_gemm_would_not_trace(model_class):
-    torch.manual_seed(0)
-    x = torch.randn(2, 6, 64)
-    fused, cap, unfused, _ = run_fused_and_unfused(model_class().eval(), x, options={"num_terms": 1, "low_rank": 8,
-                                                                                       "seed": 3})
-    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
-    t = targets_of(cap.graphs[0])
-    assert t.count(torch.ops.aten.addmm.default) == 2 and t.count(torch.ops.aten.mm.default) == 1
-
-
-@pytest.mark.parametrize("case", ["mixed-bias", "large-rank"])
-def test_fusion_expands_per_member_where_one_block_diagonal_gemm_does_not_apply(case):
-    torch.manual_seed(0)
-    model = QKV(d=256).eval()
-    if case == "mixed-bias":
-        model.k.bias = None
-    x = torch.randn(2, 6, 256)
-    opts = {"num_terms": 1, "low_rank": 8 if case == "mixed-bias" else 48, "seed": 3}  # 3 x 96 > 256
-    fused, cap, unfused, _ = run_fused_and_unfused(model, x, options=opts)
-    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
-    t = targets_of(cap.graphs[0])
-    aten = torch.ops.aten
-    assert t.count(aten.addmm.default) == (2 if case == "mixed-bias" else 3)
-    assert t.count(aten.mm.default) == (2 if case == "mixed-bias" else 1)  # the shared x·A (+ k's expansion)
 
 
 def test_attention_rewrite_equals_favor_with_the_same_features():

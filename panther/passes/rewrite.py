@@ -9,11 +9,7 @@
   becomes the [B, S] ``key_padding_mask`` (``masks.py``), and queries that see no key get 0,
   as from SDPA.
 * linears that read the same input and are all sketched -> one shared ``x @ [A_1 .. A_n]``,
-  then a slice and ``addmm`` per consumer (``fusion.py`` finds the groups); where the group's
-  total rank is at most ``BLOCK_DIAGONAL_MAX_RANK``, its members all have a bias (defined
-  before the first member) or none does, and every consumer accepts a column slice of a wider
-  tensor (not ``y.view(B, -1)``), one ``addmm`` against ``blockdiag(B_1 .. B_n)`` and a column
-  slice per consumer instead.
+  then a slice and ``addmm`` per consumer (``fusion.py`` finds the groups).
 * down(act(gate(x)) * up(x)), all sketched (SwiGLU) -> ``x @ [A_g A_u]``, then
   ``panther.lowrank_gated_expand_project`` on the two slices, then ``addmm(b_d, u, B_d)``.
 * sketched linear -> activation -> sketched linear (an MLP) -> ``x @ A1``, then
@@ -34,14 +30,12 @@ import re
 
 import torch
 from torch import fx
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..plan import Plan
 from .candidates import Candidate, value_of
 from .factors import attention_projection, conv_factors, linear_factors, lowrank_pair
 from .fusion import activation_of, gated_chains, mlp_chains, shared_input_groups
 from .masks import emit_empty_rows_zero, emit_key_padding
-from .targets import op_name
 
 aten = torch.ops.aten
 panther = torch.ops.panther
@@ -239,8 +233,7 @@ _REWRITERS = {"linear": _rewrite_linear, "conv2d": _rewrite_conv, "attention": _
 
 def _rewrite_fused(emit, group: list[Candidate], prepared) -> None:
     """h = x2 @ [A_1 .. A_n] once on the rows x2 = x.reshape(-1, in), then y_i = addmm(b_i, h[:, slice_i], B_i)
-    reshaped back, for each member; or, where :func:`_block_diagonal_applies`, all y_i from one
-    block-diagonal GEMM (:func:`_expand_block_diagonal`).
+    reshaped back, for each member.
 
     Two-dimensional on purpose: a ``linear`` on a slice of a 3-D product is not contiguous, so
     it decomposes into a batched matmul plus a separate bias pass (measured on an H200: one
@@ -250,17 +243,13 @@ def _rewrite_fused(emit, group: list[Candidate], prepared) -> None:
     gm = emit.gm
     first = group[0].node  # groups are in graph order
     pairs = [prepared[c.node] for c in group]
-    block_diagonal = _block_diagonal_applies(emit, group, pairs)
     try:
         with gm.graph.inserting_before(first):
-            parts, lead = _projections(emit, group, [A for A, _ in pairs], first, joined=block_diagonal)
-        if block_diagonal:
-            replacements = _expand_block_diagonal(emit, group, parts[0], [B for _, B in pairs], lead)
-        else:
-            replacements = []
-            for cand, part, (_, B) in zip(group, parts, pairs):
-                with gm.graph.inserting_before(cand.node):
-                    replacements.append(_expand(emit, cand, part, B, lead))
+            parts, lead = _projections(emit, group, [A for A, _ in pairs], first)
+        replacements = []
+        for cand, part, (_, B) in zip(group, parts, pairs):
+            with gm.graph.inserting_before(cand.node):
+                replacements.append(_expand(emit, cand, part, B, lead))
     except Exception as err:  # noqa: BLE001
         raise RewriteError(first.name, f"fusing {[c.name for c in group]} failed: {err}") from err
     for cand, new in zip(group, replacements):
@@ -268,11 +257,10 @@ def _rewrite_fused(emit, group: list[Candidate], prepared) -> None:
         gm.graph.erase_node(cand.node)
 
 
-def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: fx.Node, *, joined: bool = False):
+def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: fx.Node):
     """h_i = x_i2 @ A_i on the rows of each candidate's input, and the leading sizes of the first's.
-    Candidates reading one input share one x2 @ [A_1 .. A_n] (a column slice each, or with
-    ``joined`` the whole product as the only element); otherwise each gets its own product
-    (``joined`` then is an error). Factors are installed before ``before``."""
+    Candidates reading one input share one x2 @ [A_1 .. A_n] (a column slice each); otherwise
+    each gets its own product. Factors are installed before ``before``."""
     x = cands[0].info["input"]
     if all(c.info["input"] is x for c in cands):
         key = "+".join(c.name for c in cands)
@@ -280,13 +268,11 @@ def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: f
                                 before)
         rows, lead = _rows(emit, x, As[0].shape[0], cands[0].node)
         shared = emit.call(aten.mm.default, (rows, a), cands[0].node)
-        if len(cands) == 1 or joined:
+        if len(cands) == 1:
             return [shared], lead
         bounds = list(itertools.accumulate((A.shape[1] for A in As), initial=0))
         return [emit.call(aten.slice.Tensor, (shared, 1, lo, hi), c.node)
                 for c, lo, hi in zip(cands, bounds, bounds[1:])], lead
-    if joined:
-        raise ValueError("a joined product needs candidates reading one input")
     parts, lead = [], None
     for cand, A in zip(cands, As):
         rows, cand_lead = _rows(emit, cand.info["input"], A.shape[0], cand.node)
@@ -294,103 +280,6 @@ def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: f
         parts.append(emit.call(aten.mm.default, (rows, a), cand.node))
         lead = cand_lead if lead is None else lead
     return parts, lead
-
-
-# Largest total rank of a shared-input group whose expansions run as one block-diagonal GEMM.
-BLOCK_DIAGONAL_MAX_RANK = 256
-
-
-def _block_diagonal_applies(emit, group: list[Candidate], pairs) -> bool:
-    """Whether a group's expansions run as one block-diagonal GEMM: its members read one input,
-    their total rank is at most ``BLOCK_DIAGONAL_MAX_RANK``, they all have a bias or none does
-    (every bias defined before the first member: the one GEMM goes there), and the nodes reading
-    their outputs accept them as column slices of the GEMM's output (:func:`_slices_trace`)."""
-    x, first = group[0].info["input"], group[0].node
-    biases = [_bias(c) for c in group]
-    return (all(c.info["input"] is x for c in group) and sum(A.shape[1] for A, _ in pairs) <= BLOCK_DIAGONAL_MAX_RANK
-            and (all(b is None for b in biases) or all(isinstance(b, fx.Node) and b < first for b in biases))
-            and _slices_trace(emit, group, [B.shape[1] for _, B in pairs]))
-
-
-_IN_PLACE_OPERATORS = {"iadd", "isub", "imul", "imatmul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior",
-                       "ixor", "ilshift", "irshift"}
-_IN_PLACE_OPERATORS |= {f"__{name}__" for name in _IN_PLACE_OPERATORS}
-
-
-def _slices_trace(emit, group: list[Candidate], widths: list[int]) -> bool:
-    """Whether the graph still traces with each member's output a column slice of a [..., sum(widths)]
-    tensor (rows sum(widths) apart) instead of a contiguous tensor: splitting views (per-head
-    ``view(B, N, H, D)``) do, ``view(B, -1)`` across the rows does not. The nodes after the first
-    member that read a changed layout are replayed on fake values in graph order; a changed layout
-    reaching the graph's output, an in-place op or a node that cannot be replayed refuses."""
-    if emit.fake_mode is None:
-        return False
-    bounds = list(itertools.accumulate(widths, initial=0))
-    changed = {}
-    with emit.fake_mode:
-        for cand, lo, hi in zip(group, bounds, bounds[1:]):
-            value = value_of(cand.node)
-            if value is None:
-                return False
-            changed[cand.node] = value.new_empty((*value.shape[:-1], bounds[-1]))[..., lo:hi]
-    after = itertools.dropwhile(lambda n: n is not group[0].node, emit.gm.graph.nodes)
-    for node in after:
-        if node in changed or not any(a in changed for a in node.all_input_nodes):
-            continue
-        name = op_name(node) or ""
-        if (node.op not in ("call_function", "call_method") or name in _IN_PLACE_OPERATORS
-                or (name.endswith("_") and not name.startswith("__"))):
-            return False
-        args, kwargs = fx.node.map_arg((node.args, node.kwargs),
-                                       lambda a: changed[a] if a in changed else a.meta.get(emit.meta_key))
-        try:
-            with emit.fake_mode:
-                value = (node.target(*args, **kwargs) if node.op == "call_function"
-                         else getattr(args[0], node.target)(*args[1:], **kwargs))
-        except Exception:  # noqa: BLE001 — e.g. a view across the rows
-            return False
-        if not _same_layout(value, node.meta.get(emit.meta_key)):
-            changed[node] = value
-    return True
-
-
-def _same_layout(a, b) -> bool:
-    """Tensors (also inside tuples and lists) of statically equal shapes and strides; other values equal."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() == b.dim()
-                and all(statically_known_true(x == y) for x, y in zip((*a.shape, *a.stride()),
-                                                                        (*b.shape, *b.stride()))))
-    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
-        return (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
-                and all(map(_same_layout, a, b)))
-    return True
-
-
-def _expand_block_diagonal(emit, group: list[Candidate], h: fx.Node, Bs: list[torch.Tensor], lead) -> list[fx.Node]:
-    """y = addmm([b_1 .. b_n], h, blockdiag(B_1 .. B_n)) once (mm without biases) on the joined
-    product h = x2 @ [A_1 .. A_n], then a column slice of y per member, reshaped to its output.
-
-    One GEMM writing [M, sum(out_i)] instead of n launches: the zero blocks multiply n-fold a
-    product whose cost at these ranks is its output write (the q/k/v expansions of a d=1024
-    transformer at rank 64 on 8192 rows: 9.7 GFLOP against 3 x 1.07, one 48 MiB write in a
-    2-byte dtype either way). Exact: the zeros add nothing. Each member's output is a view (row stride sum(out_i))."""
-    first = group[0].node
-    key = "+".join(c.name for c in group)
-    biases = [_bias(c) for c in group]
-    with emit.gm.graph.inserting_before(first):
-        b = emit.installer.node(f"{key}.B", torch.block_diag(*Bs).contiguous(), first)
-        if biases[0] is None:
-            out = emit.call(aten.mm.default, (h, b), first)
-        else:
-            bias = emit.call(aten.cat.default, (biases, 0), first)
-            out = emit.call(aten.addmm.default, (bias, h, b), first)
-    bounds = list(itertools.accumulate((B.shape[1] for B in Bs), initial=0))
-    replacements = []
-    for cand, lo, hi in zip(group, bounds, bounds[1:]):
-        with emit.gm.graph.inserting_before(cand.node):
-            part = emit.call(aten.slice.Tensor, (out, 1, lo, hi), cand.node)
-            replacements.append(emit.call(aten.reshape.default, (part, [*lead, hi - lo]), cand.node))
-    return replacements
 
 
 def _rows(emit, x: fx.Node, in_features: int, like: fx.Node):
