@@ -8,9 +8,10 @@
 
 Every key-pass config (the walk kernel's when causal, the state kernel's when not: STATE in
 --one) runs with every output config that runs in that mode (OUTPUT in --one indexes
-GPU_OUTPUT_CONFIGS; Triton 3.6 miscompiled some pairs only). Every pair runs in its own process with CUDA_LAUNCH_BLOCKING=1, so a config
-that faults (illegal memory access) is named and does not poison the others; the
-autotuned path (what the op runs) is checked last, in its own process too.
+GPU_OUTPUT_CONFIGS; Triton 3.6 miscompiled some pairs only). Every pair runs in its own
+process with CUDA_LAUNCH_BLOCKING=1, so a config that faults (illegal memory access) is
+named and does not poison the others; the autotuned path (what the op runs) is checked
+last, in its own process too.
 B=4, H=16, D=64, m=256, bf16; the error is against torch.ops.panther.favor_attention.
 --backward times triton_backward.favor_backward instead: each config of its dq (0), query
 state (1) and dkv (2) kernels, the others at their first config, the error the largest of
@@ -103,7 +104,12 @@ def main() -> None:
     if args.one is not None:
         (one_backward if args.backward else one)(*args.one, args.n, args.causal)
         return
-    from panther.ops.attention.triton_kernels import GPU_OUTPUT_CONFIGS, GPU_STATE_CONFIGS, GPU_WALK_CONFIGS, output_configs
+    from panther.ops.attention.triton_kernels import (
+        GPU_OUTPUT_CONFIGS,
+        GPU_STATE_CONFIGS,
+        GPU_WALK_CONFIGS,
+        output_configs,
+    )
 
     def pairs(causal):
         """Every key config with every output config that runs in this mode (Triton miscompiles

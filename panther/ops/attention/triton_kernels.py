@@ -480,7 +480,7 @@ def _state_product(at, st_ptr, sidx, DV, offs_m, offs_v, v_ok, M_PAD: tl.constex
     return prod
 
 
-@triton.autotune(configs=list({id(c): c for c in _tuned(output_configs(True)) + _tuned(output_configs(False))}.values()),
+@triton.autotune(configs=list({id(c): c for mode in (True, False) for c in _tuned(output_configs(mode))}.values()),
                  key=["LEN_BUCKET", "M_PAD", "D_PAD", "DV", "CAUSAL", "SOFTMAX", "HAS_KEEP", "ELEMENT_SIZE",
                       "STATE_LEN"],
                  prune_configs_by={"early_config_prune": _prune_output_configs})
@@ -833,8 +833,9 @@ def favor_forward(q, k, v, projection, kernel_fn: str, causal: bool, key_padding
     output_kernel, meta_o = _chunk_output_kernel, {}
     if configs is not None:
         if not _runs_in(configs[1], causal):
-            raise ValueError(f"favor_forward: output config {configs[1]} does not run {'causal' if causal else 'non-causal'}"
-                             " attention (Triton miscompiles it in that mode; see _GPU_OUTPUT_TABLE)")
+            mode = "causal" if causal else "non-causal"
+            raise ValueError(f"favor_forward: output config {configs[1]} does not run {mode} attention "
+                             "(Triton miscompiles it in that mode; see _GPU_OUTPUT_TABLE)")
         output_kernel, meta_o = _chunk_output_kernel.fn, _config_meta(configs[1])
     key_config = None if configs is None else configs[0]
 

@@ -209,6 +209,7 @@ def _expand_project(h, B, bias, activation, up, C, launch, config):
         C.stride(0), C.stride(1), dest.stride(0), dest.stride(1), dest.stride(2),
         HAS_BIAS=bias is not None, ACTIVATION=code, GATED=up is not None, HAS_BIAS_U=bias_u is not None,
         BLOCK_R1=br[0], BLOCK_RU=br[1], BLOCK_R2=br[2], ELEMENT_SIZE=B.element_size(),
-        DOT_PRECISION=_dot_precision(B.dtype), **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages,
+        DOT_PRECISION=_dot_precision(B.dtype), **config.kwargs, num_warps=config.num_warps,
+        num_stages=config.num_stages,
     )
     return out if split == 1 else dest.sum(0).to(B.dtype)
