@@ -24,6 +24,11 @@ import panther  # noqa: E402,F401  (registers torch.ops.panther.*)
 from panther.backend import panther_backend  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# Where the Triton kernels themselves run: the GPU, else Triton's interpreter on the CPU.
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# The epilogue activations of the linear Triton kernels, by name, as PyTorch functions (references).
+ACTS = {"none": lambda z: z, "relu": torch.nn.functional.relu, "gelu": torch.nn.functional.gelu,
+        "gelu_tanh": lambda z: torch.nn.functional.gelu(z, approximate="tanh"), "silu": torch.nn.functional.silu}
 
 
 def rel_err(a, b) -> float:

@@ -4,17 +4,13 @@ the kernel itself; the op's other paths run the unfused PyTorch composite)."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.library import opcheck
 
 from panther.ops.linear import mlp_kernels, triton_kernels
 
-from .conftest import DEVICES, check_against_float64, rel_err
+from .conftest import ACTS, DEVICES, KERNEL_DEVICE, check_against_float64, rel_err
 
 ops = torch.ops.panther
-KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-ACTS = {"none": lambda z: z, "relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
-        "silu": F.silu}
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
 
 

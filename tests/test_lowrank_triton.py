@@ -10,12 +10,9 @@ from torch.library import opcheck
 from panther.ops.linear import activation as act_mod
 from panther.ops.linear import triton_kernels
 
-from .conftest import DEVICES, rel_err
+from .conftest import ACTS, DEVICES, KERNEL_DEVICE, rel_err
 
 ops = torch.ops.panther
-KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-ACTS = {"none": lambda z: z, "relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
-        "silu": F.silu}
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 3e-3}
 
 

@@ -68,6 +68,16 @@ def run_fused_and_unfused(model, *args, options):
     return fused, cap, unfused, cap2
 
 
+def check_hf_blocks_fused(model, fused_op, tol):
+    """A 2-layer Hugging Face model on token ids: the fused plan matches the unfused one within
+    ``tol`` and each of the two blocks' MLPs became one ``fused_op``."""
+    ids = torch.randint(0, 64, (2, 12))
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
+    fused, cap, unfused, _ = run_fused_and_unfused(model.eval(), ids, options=opts)
+    torch.testing.assert_close(fused.last_hidden_state, unfused.last_hidden_state, rtol=tol, atol=tol)
+    assert targets_of(cap.graphs[0]).count(fused_op) == 2
+
+
 def node_signature(node, rename=None):
     """op, target and arguments (nodes by name, ``rename`` mapping replaced nodes to their old names)."""
     rename = rename or {}
@@ -281,12 +291,7 @@ def test_hf_gpt2_conv1d_mlp_is_fused():
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=64, n_embd=64, n_layer=2, n_head=2, n_positions=32,
                                   activation_function="gelu", attn_implementation="sdpa")
-    model = transformers.GPT2Model(cfg).eval()
-    ids = torch.randint(0, 64, (2, 12))
-    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
-    fused, cap, unfused, _ = run_fused_and_unfused(model, ids, options=opts)
-    torch.testing.assert_close(fused.last_hidden_state, unfused.last_hidden_state, rtol=1e-5, atol=1e-5)
-    assert targets_of(cap.graphs[0]).count(torch.ops.panther.lowrank_expand_project.default) == 2
+    check_hf_blocks_fused(transformers.GPT2Model(cfg), torch.ops.panther.lowrank_expand_project.default, 1e-5)
 
 
 class GatedMLP(nn.Module):
@@ -327,12 +332,7 @@ def test_hf_llama_swiglu_mlp_is_fused():
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
                                    attn_implementation="sdpa")
-    model = transformers.LlamaModel(cfg).eval()
-    ids = torch.randint(0, 64, (2, 12))
-    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
-    fused, cap, unfused, _ = run_fused_and_unfused(model, ids, options=opts)
-    torch.testing.assert_close(fused.last_hidden_state, unfused.last_hidden_state, rtol=1e-4, atol=1e-4)
-    assert targets_of(cap.graphs[0]).count(torch.ops.panther.lowrank_gated_expand_project.default) == 2
+    check_hf_blocks_fused(transformers.LlamaModel(cfg), torch.ops.panther.lowrank_gated_expand_project.default, 1e-4)
 
 
 def test_activation_of_reads_only_plain_out_of_place_activations():
