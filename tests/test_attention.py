@@ -374,9 +374,9 @@ def test_triton_every_gpu_config_in_bounds(causal, N):
     with _BoundsChecked() as checked:
         for i, configs in enumerate(pairs):
             segments = (1, 3, 5)[i % 3]
-            # causal: a state every 64 keys (the smallest interval the GPU configs allow) and every
-            # GPU_STATE_LEN (the default): lengths 63 to 130 then span one to three intervals
-            state_len = (64, GPU_STATE_LEN)[i % 2] if causal else 0
+            # causal: a state every GPU_STATE_LEN keys (the default, 64: the smallest interval the GPU
+            # configs allow) and every 128: lengths 63 to 130 then span one to three intervals
+            state_len = (GPU_STATE_LEN, 128)[i % 2] if causal else 0
             got = favor_forward(q, k, v, P, "softmax", causal, mask, segments=segments, state_len=state_len,
                                 configs=configs)
             what = f"{configs}, {segments} segments, state_len {state_len}"
