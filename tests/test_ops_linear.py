@@ -76,17 +76,29 @@ def test_gradcheck_float64():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("needs", [(True, False, False), (False, True, True), (True, True, False)])
-def test_partial_gradients_only_compute_what_is_asked(device, needs):
+@pytest.mark.parametrize("op", ["sketched_linear", "lowrank_linear"])
+@pytest.mark.parametrize("needs", [(True, False, False, True), (False, True, True, True), (True, True, False, False),
+                                   (False, False, True, False), (False, False, False, True)])
+def test_partial_gradients_only_compute_what_is_asked(device, op, needs):
+    """Every subset of (x, first factor, second factor, bias) asking for gradients gets exactly
+    those, equal to the float64 reference's: the bias gradient comes out of the second
+    factor's GEMM when both are asked for, from a column sum otherwise."""
     S1s, S2s, U1s, U2s, b = factors(12, 10, 2, 4, torch.float64, device)
     x = torch.randn(5, 12, device=device, dtype=torch.float64)
-    for t, need in zip((x, S1s, S2s), needs):
+    if op == "sketched_linear":
+        fixed, run, reference = (U1s, U2s), ops.sketched_linear, sketched_linear_reference
+    else:
+        A, B = S1s[0], S2s[0]
+        S1s, S2s, fixed = A, B, ()
+        run = lambda x, A, B, b: ops.lowrank_linear(x, A, B, b)  # noqa: E731
+        reference = lambda x, A, B, b: x @ A @ B + b  # noqa: E731
+    inputs = (x, S1s, S2s, b)
+    for t, need in zip(inputs, needs):
         t.requires_grad_(need)
-    y = ops.sketched_linear(x, S1s, S2s, U1s, U2s, b)
-    y.sum().backward()
-    ref_in = [t.detach().clone().requires_grad_(n) for t, n in zip((x, S1s, S2s), needs)]
-    sketched_linear_reference(*ref_in, U1s, U2s, b).sum().backward()
-    for t, r, need in zip((x, S1s, S2s), ref_in, needs):
+    (run(x, S1s, S2s, *fixed, b) * torch.linspace(-1, 1, 10, dtype=torch.float64, device=device)).sum().backward()
+    ref_in = [t.detach().clone().requires_grad_(n) for t, n in zip(inputs, needs)]
+    (reference(*ref_in[:3], *fixed, ref_in[3]) * torch.linspace(-1, 1, 10, dtype=torch.float64, device=device)).sum().backward()
+    for t, r, need in zip(inputs, ref_in, needs):
         assert (t.grad is not None) == need
         if need:
             torch.testing.assert_close(t.grad, r.grad)

@@ -14,6 +14,7 @@
 
 #include <array>
 #include <tuple>
+#include <utility>
 
 #include "checks.h"
 
@@ -90,14 +91,19 @@ std::vector<int64_t> out_shape(const at::Tensor& x, int64_t out) {
   return shape;
 }
 
+// alpha a b in one GEMM launch (cuBLAS/BLAS apply alpha; beta = 0 ignores out's contents).
+at::Tensor scaled_mm(const at::Tensor& a, const at::Tensor& b, double alpha) {
+  auto out = at::empty({a.size(0), b.size(1)}, a.options());
+  return at::addmm_out(out, out, a, b, 0.0, alpha);
+}
+
 // y = alpha (x A) B + b, with x of any leading shape.
 at::Tensor two_gemm(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                     const std::optional<at::Tensor>& bias, double alpha) {
   const auto x2 = x.reshape({-1, x.size(-1)});
-  auto h = at::mm(x2, A);
+  const auto h = at::mm(x2, A);
   if (bias.has_value()) return at::addmm(*bias, h, B, 1.0, alpha).view(out_shape(x, B.size(1)));
-  if (alpha != 1.0) h.mul_(alpha);
-  return at::mm(h, B).view(out_shape(x, B.size(1)));
+  return scaled_mm(h, B, alpha).view(out_shape(x, B.size(1)));
 }
 
 at::Tensor lowrank_linear(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
@@ -116,6 +122,24 @@ at::Tensor sketched_linear(const at::Tensor& x, const at::Tensor& S1s, const at:
 }
 
 at::Tensor bias_grad(const at::Tensor& g2) { return g2.sum(0); }
+
+// The weight gradient (alpha x2 P)^T g2 [r, out] and, when with_bias, the bias gradient
+// 1^T g2 [out] (undefined otherwise). With a bias both come from one GEMM over
+// t = [alpha x2 P | 1 .. 1]: g2, the backward's largest operand, is read once instead of a
+// second time by a separate column sum (45 us of a 0.29 ms step at 8192 x 8192, H200).
+// t's width is padded to a multiple of 8 (all ones) to keep its rows 16-byte aligned; the
+// bias gradient is copied out because an op's outputs must not alias.
+std::pair<at::Tensor, at::Tensor> weight_and_bias_grads(const at::Tensor& x2, const at::Tensor& P,
+                                                        const at::Tensor& g2, double alpha, bool with_bias) {
+  if (!with_bias) return {at::mm(scaled_mm(x2, P, alpha).t(), g2), at::Tensor()};
+  const int64_t r = P.size(1);
+  auto t = at::empty({x2.size(0), (r / 8 + 1) * 8}, x2.options());
+  auto head = t.narrow(1, 0, r);
+  at::addmm_out(head, head, x2, P, 0.0, alpha);
+  t.narrow(1, r, t.size(1) - r).fill_(1);
+  const auto product = at::mm(t.t(), g2);
+  return {product.narrow(0, 0, r), product.select(0, r).clone()};
+}
 
 // Gradients in input order; those not asked for in output_mask are None.
 using OptTensor = std::optional<at::Tensor>;
@@ -143,8 +167,11 @@ Grads lowrank_linear_backward(
     if (mask[0]) dx = at::mm(gh, A.t()).view(x.sizes());
     if (mask[1]) dA = at::mm(x2.t(), gh);
   }
-  if (mask[2]) dB = at::mm(at::mm(x2, A).t(), g2);
-  if (mask[3]) db = bias_grad(g2);
+  if (mask[2]) {
+    std::tie(dB, db) = weight_and_bias_grads(x2, A, g2, 1.0, mask[3]);
+  } else if (mask[3]) {
+    db = bias_grad(g2);
+  }
   return as_grads(dx, dA, dB, db);
 }
 
@@ -165,22 +192,23 @@ Grads sketched_linear_backward(
   const auto B = stack_right(U1s, S2s);  // [2Lk, out]
   at::Tensor dx, dS1, dS2, db;
   if (mask[0]) {
-    const auto gh = at::mm(g2, B.t()).mul_(alpha);  // [M, 2Lk]
+    const auto gh = scaled_mm(g2, B.t(), alpha);  // [M, 2Lk]
     dx = at::mm(gh, stack_left(S1s, U2s).t()).view(x.sizes());
     if (mask[1]) {
       dS1 = at::mm(x2.t(), gh.narrow(1, 0, Lk)).view({s.in, s.L, s.k}).permute({1, 0, 2}).contiguous();
     }
   } else if (mask[1]) {
-    const auto gh1 = at::mm(g2, B.narrow(0, 0, Lk).t()).mul_(alpha);  // [M, Lk]
+    const auto gh1 = scaled_mm(g2, B.narrow(0, 0, Lk).t(), alpha);  // [M, Lk]
     dS1 = at::mm(x2.t(), gh1).view({s.in, s.L, s.k}).permute({1, 0, 2}).contiguous();
   }
   if (mask[2]) {
-    // (x U2)^T g / (2L): scale the small [M, Lk] product, not the [Lk, out] result.
+    // (x U2)^T g / (2L): the scale goes on the small [M, Lk] product, not the [Lk, out] result.
     const auto u2 = U2s.permute({1, 0, 2}).reshape({s.in, Lk});
-    const auto h2 = at::mm(x2, u2).mul_(alpha);
-    dS2 = at::mm(h2.t(), g2).view({s.L, s.k, s.out});
+    std::tie(dS2, db) = weight_and_bias_grads(x2, u2, g2, alpha, mask[3]);
+    dS2 = dS2.view({s.L, s.k, s.out});
+  } else if (mask[3]) {
+    db = bias_grad(g2);
   }
-  if (mask[3]) db = bias_grad(g2);
   return as_grads(dx, dS1, dS2, db);
 }
 

@@ -1,4 +1,6 @@
-"""Fake kernels and autograd for the C++ linear ops (csrc/linear/).
+"""Fake kernels of the C++ linear ops (csrc/linear/), and the Python backward formulas the
+Triton linear ops (triton_op.py) reuse. The C++ ops' own autograd is C++
+(csrc/linear/autograd.cpp): a training step never enters Python.
 
 torch.ops.panther.sketched_linear(x, S1s, S2s, U1s, U2s, bias=None)
     y = 1/(2L) * sum_i (x S1_i U1_i + x U2_i S2_i) + b, computed as two GEMMs.
@@ -91,12 +93,3 @@ def lowrank_linear_grads(ctx, grad, x, A, B, has_bias: bool):
     mask = _mask(ctx, 0, 1, 2, 3)
     mask[3] = mask[3] and has_bias
     return _ops.lowrank_linear_backward(grad, x, A, B, mask)
-
-
-def _lowrank_linear_backward(ctx, grad):
-    x, A, B = ctx.saved_tensors
-    return lowrank_linear_grads(ctx, grad, x, A, B, ctx.has_bias)
-
-
-torch.library.register_autograd("panther::sketched_linear", sketched_linear_backward, setup_context=setup_sketched)
-torch.library.register_autograd("panther::lowrank_linear", _lowrank_linear_backward, setup_context=_saving(3))
