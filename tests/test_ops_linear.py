@@ -95,9 +95,10 @@ def test_partial_gradients_only_compute_what_is_asked(device, op, needs):
     inputs = (x, S1s, S2s, b)
     for t, need in zip(inputs, needs):
         t.requires_grad_(need)
-    (run(x, S1s, S2s, *fixed, b) * torch.linspace(-1, 1, 10, dtype=torch.float64, device=device)).sum().backward()
+    weights = torch.linspace(-1, 1, 10, dtype=torch.float64, device=device)  # a gradient that is not all ones
+    (run(x, S1s, S2s, *fixed, b) * weights).sum().backward()
     ref_in = [t.detach().clone().requires_grad_(n) for t, n in zip(inputs, needs)]
-    (reference(*ref_in[:3], *fixed, ref_in[3]) * torch.linspace(-1, 1, 10, dtype=torch.float64, device=device)).sum().backward()
+    (reference(*ref_in[:3], *fixed, ref_in[3]) * weights).sum().backward()
     for t, r, need in zip(inputs, ref_in, needs):
         assert (t.grad is not None) == need
         if need:
