@@ -34,7 +34,9 @@ def objective_ok(x, y):
 def start(tmp_path, storage, log, n_trials, delay):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # the repo root first, then the caller's own PYTHONPATH (where its packages may live)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     return subprocess.Popen([sys.executable, str(script), storage, str(log), str(n_trials), str(delay)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
