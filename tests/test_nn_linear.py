@@ -322,7 +322,10 @@ def test_triton_path_compiles_and_matches_eager():
         assert ((y.float() - ref(x).float()).norm() / ref(x).float().norm()).item() < 2e-2
 
 
-def test_triton_layer_uses_the_triton_op_for_inference_and_the_cpp_op_for_training():
+def test_triton_layer_calls_the_cpp_op_eagerly_and_keeps_the_triton_op_in_graphs():
+    """Eagerly, where the Triton kernels would not run (here: on the CPU) and in training, the
+    layer calls the C++ op itself, without the Triton op's Python wrapper; a traced graph
+    (torch.export, torch.compile) holds the Triton op, which chooses per shape."""
     layer = pr.nn.SKLinear_triton(32, 16, 1, 4)
     x = torch.randn(5, 32)
 
@@ -331,10 +334,26 @@ def test_triton_layer_uses_the_triton_op_for_inference_and_the_cpp_op_for_traini
             fn()
         return {e.name for e in prof.events() if e.name.startswith("panther::")}
 
-    with torch.no_grad():
-        assert "panther::sketched_linear_triton" in ops_called(lambda: layer(x))
-    called = ops_called(lambda: layer(x).sum().backward())
-    assert "panther::sketched_linear" in called and "panther::sketched_linear_triton" not in called
+    for run in (lambda: layer(x).sum().backward(), torch.no_grad()(lambda: layer(x))):
+        called = ops_called(run)
+        assert "panther::sketched_linear" in called and "panther::sketched_linear_triton" not in called
+    exported = torch.export.export(layer.eval().requires_grad_(False), (x,))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert "panther.sketched_linear_triton.default" in targets
+
+
+@pytest.mark.gpu
+def test_triton_layer_eager_rule_is_the_triton_ops():
+    """The layer's shortcut decides like the Triton op: the kernels run eagerly only for problems
+    moving EAGER_MIN_BYTES or more."""
+    from panther.ops.linear import triton_kernels
+
+    layer = pr.nn.SKLinear_triton(512, 384, 1, 16, device="cuda", dtype=torch.bfloat16)
+    row = torch.empty(1, 512, device="cuda", dtype=torch.bfloat16)
+    for rows in (8, 8192, 2 ** 21):  # expanded views: the rule reads shapes only
+        want = triton_kernels.preferred(rows, 16, torch.bfloat16, n_in=512, n_out=384, compiled=False)
+        assert layer._triton_runs_eagerly(row.expand(rows, 512)) == want
+    assert layer._triton_runs_eagerly(row.expand(2 ** 21, 512))  # 3.8 GB moved: the kernels run
 
 
 def test_svd_factors_follow_in_place_weight_changes():

@@ -12,6 +12,10 @@ from .._validation import one_of, positive_int
 from ..factors import sketch_factors, svd_factors
 from ..factors.asvd import asvd_factors
 from ..ops.linear import triton_available
+from ..ops.linear.triton_op import traced
+
+if triton_available:
+    from ..ops.linear import triton_kernels
 
 
 class SKLinear(nn.Module):
@@ -160,9 +164,11 @@ class SKLinear_triton(SKLinear):
     torch.compile at least 8192 rows and num_terms·low_rank ≤ 16; eagerly only for
     problems moving 2 GiB or more, because launching Triton kernels from Python costs
     ~0.1 ms a call (see ``ops.linear.triton_kernels.preferred``). Elsewhere, and on other
-    devices, it runs SKLinear's two-GEMM op. When autograd records the call (training) it
+    devices, it runs SKLinear's two-GEMM op, called directly (not through the Triton op's
+    Python wrapper) when running eagerly. When autograd records the call (training) it
     runs SKLinear's op too: the Triton op's Python autograd path measured up to 1.8x slower
-    for forward+backward (BENCHMARKS.md), so the Triton kernels serve inference.
+    for forward+backward (BENCHMARKS.md), so the Triton kernels serve inference. Traced by
+    torch.compile or torch.export, the graph holds the Triton op, which picks per shape.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -174,4 +180,16 @@ class SKLinear_triton(SKLinear):
         args = (x, self.S1s, self.S2s, self.U1s, self.U2s, self.bias)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
             return torch.ops.panther.sketched_linear(*args)
+        if not (self._triton_runs_eagerly(x) or traced(x)):  # traced: the graph keeps the Triton op
+            # The Triton op would only hand the call to the C++ op, after its Python wrapper:
+            # host time that made this layer up to 1.8x slower than SKLinear on small inputs.
+            return torch.ops.panther.sketched_linear(*args)
         return torch.ops.panther.sketched_linear_triton(*args)
+
+    def _triton_runs_eagerly(self, x: torch.Tensor) -> bool:
+        """``triton_kernels.preferred``'s eager rule, which the Triton op applies to this call."""
+        if x.device.type != "cuda" or x.shape[-1:] != (self.in_features,):
+            return False  # other devices; a wrong shape, which the C++ op reports
+        rows = x.numel() // self.in_features
+        return triton_kernels.preferred(rows, self.num_terms * self.low_rank, x.dtype,
+                                        n_in=self.in_features, n_out=self.out_features, compiled=False)

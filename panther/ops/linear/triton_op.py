@@ -34,7 +34,7 @@ lowrank_gated_expand_project = None
 _ops = torch.ops.panther
 
 
-def _compiling(x: torch.Tensor) -> bool:
+def traced(x: torch.Tensor) -> bool:
     """Whether the op body is being traced (torch.compile / export) rather than run eagerly."""
     from torch._subclasses.fake_tensor import is_fake
 
@@ -81,7 +81,7 @@ if triton_available:
 
     def _use_triton(x, rows, rank, n_in, n_out) -> bool:
         return x.device.type == "cuda" and triton_kernels.preferred(
-            rows, rank, x.dtype, n_in=n_in, n_out=n_out, compiled=_compiling(x))
+            rows, rank, x.dtype, n_in=n_in, n_out=n_out, compiled=traced(x))
 
     @torch.library.triton_op("panther::sketched_linear_triton", mutates_args=())
     def sketched_linear_triton(
@@ -158,7 +158,7 @@ if triton_available:
         r1, hidden = B.shape
         ru = up[1].shape[0] if up is not None else 0
         if not (h.device.type == "cuda" and mlp_kernels.preferred(h.numel() // max(r1, 1), hidden, r1, C.shape[1],
-                                                                   h.dtype, compiled=_compiling(h), ru=ru)):
+                                                                   h.dtype, compiled=traced(h), ru=ru)):
             return _expand_project_rows(h, B, C, bias, activation, up)
         h2, launch = h.reshape(-1, r1), torch.library.wrap_triton
         if up is None:
