@@ -1,12 +1,10 @@
-// Autograd for sketched_linear and lowrank_linear, in C++.
+// Autograd for sketched_linear and lowrank_linear, in C++ (see autograd.h).
 //
 // A training step through a Python autograd formula (torch.library.register_autograd)
 // paid for a Python Function, its setup_context and its backward on every call: on an
 // H200 host a SKLinear forward+backward spent ~0.55 ms of CPU time against ~0.05-0.29 ms
 // of GPU time (BENCHMARKS.md, fwd+bwd rows), so the layer ran at the speed of the
-// interpreter. Here the whole step stays in the dispatcher. The formulas are the backward
-// ops (lowrank_linear.cpp); torch.compile and torch.export trace through this kernel to
-// the ops' fake implementations, so graphs see the same forward and backward ops.
+// interpreter. The formulas are the backward ops (lowrank_linear.cpp).
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -16,6 +14,8 @@
 #include <optional>
 #include <tuple>
 
+#include "autograd.h"
+
 namespace panther {
 namespace {
 
@@ -24,11 +24,6 @@ using torch::autograd::variable_list;
 using OptTensor = std::optional<at::Tensor>;
 using Grads = std::tuple<OptTensor, OptTensor, OptTensor, OptTensor>;
 
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
 using SketchedForward = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                    const at::Tensor&, const OptTensor&);
 using SketchedBackward = Grads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -36,8 +31,6 @@ using SketchedBackward = Grads(const at::Tensor&, const at::Tensor&, const at::T
 using LowrankForward = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&);
 using LowrankBackward = Grads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               std::array<bool, 4>);
-
-at::Tensor or_undefined(const OptTensor& t) { return t.value_or(at::Tensor()); }
 
 // Inputs: x, S1s, S2s, U1s, U2s, bias. U1s and U2s are fixed sketches: never differentiated.
 class SketchedLinearFunction : public torch::autograd::Function<SketchedLinearFunction> {

@@ -1,4 +1,5 @@
-"""Fake kernels and autograd for torch.ops.panther.favor_attention (csrc/attention/).
+"""Fake kernels for torch.ops.panther.favor_attention (csrc/attention/; its autograd is C++:
+csrc/attention/autograd.cpp).
 
 torch.ops.panther.favor_attention(q, k, v, projection, kernel_fn="softmax", causal=False,
                                   key_padding_mask=None, chunk_size=0)
@@ -15,8 +16,6 @@ import torch
 
 from . import checks
 
-_ops = torch.ops.panther
-
 
 @torch.library.register_fake("panther::favor_attention")
 def _favor_attention_fake(q, k, v, projection, kernel_fn="softmax", causal=False, key_padding_mask=None,
@@ -31,21 +30,3 @@ def _favor_attention_backward_fake(grad, q, k, v, projection, kernel_fn, causal,
     shape = checks.check_favor(q, k, v, projection, kernel_fn, causal, key_padding_mask, chunk_size)
     checks.check_grad(grad, q, shape)
     return tuple(t.new_empty(t.shape) if need else None for t, need in zip((q, k, v), output_mask))
-
-
-def setup_context(ctx, inputs, output):
-    q, k, v, projection, kernel_fn, causal, key_padding_mask, chunk_size = inputs
-    ctx.save_for_backward(q, k, v, projection, key_padding_mask)
-    ctx.options = (kernel_fn, causal, chunk_size)
-
-
-def backward(ctx, grad):
-    q, k, v, projection, key_padding_mask = ctx.saved_tensors
-    kernel_fn, causal, chunk_size = ctx.options
-    mask = [bool(n) for n in ctx.needs_input_grad[:3]]
-    dq, dk, dv = _ops.favor_attention_backward(grad, q, k, v, projection, kernel_fn, causal, key_padding_mask,
-                                               chunk_size, mask)
-    return dq, dk, dv, None, None, None, None, None
-
-
-torch.library.register_autograd("panther::favor_attention", backward, setup_context=setup_context)

@@ -1,4 +1,4 @@
-"""Fake kernels and autograd for torch.ops.panther.sketched_conv2d (csrc/conv/).
+"""Fake kernels for torch.ops.panther.sketched_conv2d (csrc/conv/; its autograd is C++: csrc/conv/autograd.cpp).
 
 torch.ops.panther.sketched_conv2d(x, S1s, U1s, bias, stride, padding, dilation, groups, padding_mode)
     x [B, C_in, H, W], S1s [G*2Lk, C_in/G, kh, kw], U1s [2L, k, C_out], bias [C_out] or None;
@@ -12,8 +12,6 @@ from __future__ import annotations
 import torch
 
 from . import checks
-
-_ops = torch.ops.panther
 
 
 def _out_memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -36,23 +34,3 @@ def _sketched_conv2d_backward_fake(grad, x, S1s, U1s, stride, padding, dilation,
         S1s.new_empty(S1s.shape) if output_mask[1] else None,
         x.new_empty((shape[1],)) if output_mask[2] else None,
     )
-
-
-def _setup_context(ctx, inputs, output):
-    x, S1s, U1s, bias, stride, padding, dilation, groups, padding_mode = inputs
-    ctx.save_for_backward(x, S1s, U1s)
-    ctx.conv_args = (list(stride), list(padding), list(dilation), groups, padding_mode)
-    ctx.has_bias = bias is not None
-
-
-def _sketched_conv2d_backward(ctx, grad):
-    x, S1s, U1s = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [bool(need[0]), bool(need[1]), bool(need[3]) and ctx.has_bias]
-    dx, dS1s, dbias = _ops.sketched_conv2d_backward(grad, x, S1s, U1s, *ctx.conv_args, mask)
-    return dx, dS1s, None, dbias, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "panther::sketched_conv2d", _sketched_conv2d_backward, setup_context=_setup_context
-)
