@@ -11,11 +11,7 @@ from torch import nn
 from .._validation import one_of, positive_int
 from ..factors import sketch_factors, svd_factors
 from ..factors.asvd import asvd_factors
-from ..ops.linear import triton_available
-from ..ops.linear.triton_op import traced
-
-if triton_available:
-    from ..ops.linear import triton_kernels
+from ..ops.linear import triton_available, triton_op
 
 
 class SKLinear(nn.Module):
@@ -180,16 +176,15 @@ class SKLinear_triton(SKLinear):
         args = (x, self.S1s, self.S2s, self.U1s, self.U2s, self.bias)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
             return torch.ops.panther.sketched_linear(*args)
-        if not (self._triton_runs_eagerly(x) or traced(x)):  # traced: the graph keeps the Triton op
+        if not (self._triton_runs_eagerly(x) or triton_op.traced(x)):  # traced: the graph keeps the Triton op
             # The Triton op would only hand the call to the C++ op, after its Python wrapper:
             # host time that made this layer up to 1.8x slower than SKLinear on small inputs.
             return torch.ops.panther.sketched_linear(*args)
         return torch.ops.panther.sketched_linear_triton(*args)
 
     def _triton_runs_eagerly(self, x: torch.Tensor) -> bool:
-        """``triton_kernels.preferred``'s eager rule, which the Triton op applies to this call."""
-        if x.device.type != "cuda" or x.shape[-1:] != (self.in_features,):
-            return False  # other devices; a wrong shape, which the C++ op reports
-        rows = x.numel() // self.in_features
-        return triton_kernels.preferred(rows, self.num_terms * self.low_rank, x.dtype,
-                                        n_in=self.in_features, n_out=self.out_features, compiled=False)
+        """Whether the Triton op would run its kernels for this (eager) call (``triton_op.use_triton``)."""
+        if x.shape[-1:] != (self.in_features,):
+            return False  # a wrong shape, which the C++ op reports
+        return triton_op.use_triton(x, x.numel() // self.in_features, self.num_terms * self.low_rank,
+                                    self.in_features, self.out_features)

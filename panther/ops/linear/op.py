@@ -1,5 +1,4 @@
-"""Fake kernels of the C++ linear ops (csrc/linear/), and the Python backward formulas the
-Triton linear ops (triton_op.py) reuse. The C++ ops' own autograd is C++
+"""Fake kernels of the C++ linear ops (csrc/linear/). Their autograd is C++
 (csrc/linear/autograd.cpp): a training step never enters Python.
 
 torch.ops.panther.sketched_linear(x, S1s, S2s, U1s, U2s, bias=None)
@@ -16,8 +15,6 @@ from __future__ import annotations
 import torch
 
 from . import checks
-
-_ops = torch.ops.panther
 
 
 def _out_like(x: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -60,36 +57,3 @@ def _lowrank_linear_backward_fake(grad, x, A, B, output_mask):
         torch.empty_like(B, memory_format=torch.contiguous_format) if output_mask[2] else None,
         x.new_empty((B.shape[1],)) if output_mask[3] else None,
     )
-
-
-def _saving(num_tensors: int):
-    """setup_context saving the first ``num_tensors`` inputs; bias (optional) comes after."""
-
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:num_tensors])
-        ctx.has_bias = len(inputs) > num_tensors and inputs[num_tensors] is not None
-
-    return setup_context
-
-
-setup_sketched = _saving(5)  # x, S1s, S2s, U1s, U2s
-
-
-def _mask(ctx, *indices: int) -> list[bool]:
-    needs = ctx.needs_input_grad
-    return [i < len(needs) and bool(needs[i]) for i in indices]
-
-
-def sketched_linear_backward(ctx, grad):
-    x, S1s, S2s, U1s, U2s = ctx.saved_tensors
-    mask = _mask(ctx, 0, 1, 2, 5)
-    mask[3] = mask[3] and ctx.has_bias
-    dx, dS1s, dS2s, dbias = _ops.sketched_linear_backward(grad, x, S1s, S2s, U1s, U2s, mask)
-    return dx, dS1s, dS2s, None, None, dbias
-
-
-def lowrank_linear_grads(ctx, grad, x, A, B, has_bias: bool):
-    """Gradients of (x A) B + bias for the inputs (x, A, B, bias) whose ``ctx.needs_input_grad`` is set."""
-    mask = _mask(ctx, 0, 1, 2, 3)
-    mask[3] = mask[3] and has_bias
-    return _ops.lowrank_linear_backward(grad, x, A, B, mask)

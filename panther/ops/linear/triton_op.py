@@ -27,10 +27,9 @@ import torch
 from .._triton import triton_available
 from . import checks
 from .activation import activate, activation_backward, check_activation
-from .op import lowrank_linear_grads, setup_sketched, sketched_linear_backward
 
 sketched_linear_triton = lowrank_linear_triton = lowrank_expand = lowrank_expand_project = None
-lowrank_gated_expand_project = None
+lowrank_gated_expand_project = use_triton = None
 _ops = torch.ops.panther
 
 
@@ -58,6 +57,33 @@ def _saving_setup(required: int, defaults: tuple):
     return setup
 
 
+def _mask(ctx, *indices: int) -> list[bool]:
+    needs = ctx.needs_input_grad
+    return [i < len(needs) and bool(needs[i]) for i in indices]
+
+
+def _setup_sketched(ctx, inputs, output):
+    x, S1s, S2s, U1s, U2s, bias = _with_defaults(inputs, 5, (None,))
+    ctx.save_for_backward(x, S1s, S2s, U1s, U2s)
+    ctx.has_bias = bias is not None
+
+
+def _sketched_backward(ctx, grad):
+    """The C++ backward op of sketched_linear, for the inputs whose ``ctx.needs_input_grad`` is set."""
+    x, S1s, S2s, U1s, U2s = ctx.saved_tensors
+    mask = _mask(ctx, 0, 1, 2, 5)
+    mask[3] = mask[3] and ctx.has_bias
+    dx, dS1s, dS2s, dbias = _ops.sketched_linear_backward(grad, x, S1s, S2s, U1s, U2s, mask)
+    return dx, dS1s, dS2s, None, None, dbias
+
+
+def _lowrank_grads(ctx, grad, x, A, B, has_bias: bool):
+    """Gradients of (x A) B + bias for the inputs (x, A, B, bias) whose ``ctx.needs_input_grad`` is set."""
+    mask = _mask(ctx, 0, 1, 2, 3)
+    mask[3] = mask[3] and has_bias
+    return _ops.lowrank_linear_backward(grad, x, A, B, mask)
+
+
 def _expand_rows(h: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """h B + bias computed on the rows of h (a view where h's leading dims merge, e.g. a column
     slice): a ``linear`` on a non-contiguous 3-D h decomposes into a batched matmul plus a
@@ -79,7 +105,9 @@ def _expand_project_rows(h, B, C, bias, activation: str, up=None) -> torch.Tenso
 if triton_available:
     from . import mlp_kernels, triton_kernels
 
-    def _use_triton(x, rows, rank, n_in, n_out) -> bool:
+    def use_triton(x, rows, rank, n_in, n_out) -> bool:
+        """Whether the two-GEMM Triton kernels run for this call (``triton_kernels.preferred``;
+        ``rank`` = L*k): the op's choice, and SKLinear_triton's for calling the op at all."""
         return x.device.type == "cuda" and triton_kernels.preferred(
             rows, rank, x.dtype, n_in=n_in, n_out=n_out, compiled=traced(x))
 
@@ -96,13 +124,13 @@ if triton_available:
         checks.check_bias(bias, x, d_out)
         # The body runs for every device: eagerly, and when torch.compile decomposes the
         # op into it. Other devices, and shapes where cuBLAS wins, take the C++ op.
-        if not _use_triton(x, x.numel() // d_in, L * k, d_in, d_out):
+        if not use_triton(x, x.numel() // d_in, L * k, d_in, d_out):
             return _ops.sketched_linear(x, S1s, S2s, U1s, U2s, bias)
         y = triton_kernels.sketched_forward(x.reshape(-1, d_in), S1s, S2s, U1s, U2s, bias,
                                             launch=torch.library.wrap_triton)
         return y.view(*x.shape[:-1], d_out)
 
-    sketched_linear_triton.register_autograd(sketched_linear_backward, setup_context=setup_sketched)
+    sketched_linear_triton.register_autograd(_sketched_backward, setup_context=_setup_sketched)
 
     @torch.library.triton_op("panther::lowrank_linear_triton", mutates_args=())
     def lowrank_linear_triton(
@@ -113,7 +141,7 @@ if triton_available:
         d_in, r, d_out = A.shape[0], A.shape[1], B.shape[1]
         checks.check_bias(bias, x, d_out)
         check_activation(activation)
-        if not _use_triton(x, x.numel() // max(d_in, 1), (r + 1) // 2, d_in, d_out):
+        if not use_triton(x, x.numel() // max(d_in, 1), (r + 1) // 2, d_in, d_out):
             return activate(_ops.lowrank_linear(x, A, B, bias), activation)
         y = triton_kernels.lowrank_forward(x.reshape(-1, d_in), A, B, bias, activation,
                                            launch=torch.library.wrap_triton)
@@ -123,7 +151,7 @@ if triton_available:
         x, A, B, bias = ctx.saved_tensors
         if ctx.activation != "none":  # the pre-activation, recomputed
             grad = activation_backward(grad, _ops.lowrank_linear(x, A, B, bias), ctx.activation)
-        return (*lowrank_linear_grads(ctx, grad, x, A, B, bias is not None), None)
+        return (*_lowrank_grads(ctx, grad, x, A, B, bias is not None), None)
 
     lowrank_linear_triton.register_autograd(_lowrank_backward, setup_context=_saving_setup(3, (None, "none")))
 
@@ -135,7 +163,7 @@ if triton_available:
         r, d_out = B.shape
         checks.check_bias(bias, h, d_out)
         check_activation(activation)
-        if not _use_triton(h, h.numel() // max(r, 1), (r + 1) // 2, 0, d_out):
+        if not use_triton(h, h.numel() // max(r, 1), (r + 1) // 2, 0, d_out):
             return activate(_expand_rows(h, B, bias), activation)
         y = triton_kernels.lowrank_expand(h.reshape(-1, r), B, bias, activation, launch=torch.library.wrap_triton)
         return y.view(*h.shape[:-1], d_out)
