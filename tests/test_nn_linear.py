@@ -334,12 +334,51 @@ def test_triton_layer_calls_the_cpp_op_eagerly_and_keeps_the_triton_op_in_graphs
             fn()
         return {e.name for e in prof.events() if e.name.startswith("panther::")}
 
-    for run in (lambda: layer(x).sum().backward(), torch.no_grad()(lambda: layer(x))):
-        called = ops_called(run)
-        assert "panther::sketched_linear" in called and "panther::sketched_linear_triton" not in called
+    training, inference = ops_called(lambda: layer(x).sum().backward()), ops_called(torch.no_grad()(lambda: layer(x)))
+    assert "panther::sketched_linear" in training and "panther::sketched_linear_triton" not in training
+    # inference: SKLinear's path, the stacked factors through lowrank_linear
+    assert "panther::lowrank_linear" in inference and "panther::sketched_linear_triton" not in inference
     exported = torch.export.export(layer.eval().requires_grad_(False), (x,))
     targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert "panther.sketched_linear_triton.default" in targets
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cls", LAYERS)
+def test_inference_reuses_stacked_factors_until_they_change(device, cls):
+    """Eager inference runs lowrank_linear on A and B stacked once (the 1/(2L) folded into B);
+    the stack follows every change of the factors: in-place updates, load_state_dict, .to()."""
+    torch.manual_seed(0)
+    layer = quiet(cls, 24, 20, 3, 4, device=device)  # L = 3: 1/(2L) is not a power of two
+    x = torch.randn(7, 24, device=device)
+
+    def check():
+        factors = [t.double() for t in (layer.S1s, layer.S2s, layer.U1s, layer.U2s, layer.bias)]
+        want = sketched_linear_reference(x.double(), *factors)
+        torch.testing.assert_close(layer(x.to(layer.S1s.dtype)).double(), want, rtol=1e-5, atol=1e-5)
+
+    with torch.no_grad():
+        check()
+        A, B = layer._stacked_factors()
+        assert layer._stacked_factors()[0] is A  # kept between calls
+        layer.S1s.mul_(-2.0)  # in place, as an optimizer step
+        check()
+        assert layer._stacked_factors()[0] is not A
+        layer.load_state_dict(quiet(cls, 24, 20, 3, 4, device=device).state_dict())
+        check()
+        layer.to(torch.float64)
+        check()
+        layer.U2s.data = torch.randn_like(layer.U2s)  # new storage, same version counter
+        check()
+    y = layer(x.double())  # autograd records: the op with gradients for S1s and S2s
+    y.square().sum().backward()
+    assert layer.S1s.grad is not None and layer.S2s.grad is not None
+    with torch.inference_mode():  # inference tensors have no version counter: the stack is never kept
+        fresh = quiet(cls, 24, 20, 3, 4, device=device)
+        fresh(x)
+        fresh.S1s.mul_(2.0)
+        torch.testing.assert_close(fresh(x), torch.ops.panther.sketched_linear(
+            x, fresh.S1s, fresh.S2s, fresh.U1s, fresh.U2s, fresh.bias), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.gpu

@@ -127,3 +127,13 @@ def svd_factors(weight: torch.Tensor, num_terms: int, low_rank: int, *, generato
     S2s = S2.reshape(L, k, d_out)
     U1s = U1.reshape(L, k, d_out)
     return tuple(t.to(dtype).contiguous() for t in (S1s, S2s, U1s, U2s))
+
+
+def lowrank_pair(S1s, S2s, U1s, U2s):
+    """(A [in, 2Lk], B [2Lk, out]) with x A B = 1/(2L) Σ (x S1_i U1_i + x U2_i S2_i), stacked as the
+    ops stack them (A = [S1_1 .. S1_L U2_1 .. U2_L], B = [U1_1; ..; U1_L; S2_1; ..; S2_L] / (2L),
+    the scale rounded once into B's dtype)."""
+    L, d_in, _ = S1s.shape
+    A = torch.cat([S1s.permute(1, 0, 2), U2s.permute(1, 0, 2)], dim=1).reshape(d_in, -1)
+    B = torch.cat([U1s, S2s], dim=0).reshape(-1, U1s.shape[2]) / (2 * L)
+    return A.contiguous(), B.contiguous()

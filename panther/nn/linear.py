@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .._validation import one_of, positive_int
-from ..factors import sketch_factors, svd_factors
+from ..factors import lowrank_pair, sketch_factors, svd_factors
 from ..factors.asvd import asvd_factors
 from ..ops.linear import triton_available, triton_op
 
@@ -144,7 +144,41 @@ class SKLinear(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._inference_call(x):
+            return torch.ops.panther.lowrank_linear(x, *self._stacked_factors(), self.bias)
         return torch.ops.panther.sketched_linear(x, self.S1s, self.S2s, self.U1s, self.U2s, self.bias)
+
+    def _inference_call(self, x) -> bool:
+        """Whether this call can use the stacked factors of :meth:`_stacked_factors`: an eager
+        call (not traced: graphs keep ``sketched_linear``, whose gradients reach S1s and S2s) on
+        plain tensors that autograd does not record."""
+        if type(x) is not torch.Tensor or torch.compiler.is_compiling():
+            return False  # traced (Dynamo, export's fake tensors) or a tensor subclass
+        if not torch.is_grad_enabled():
+            return True
+        return not (x.requires_grad or any(p.requires_grad for p in self.parameters(recurse=False)))
+
+    def _stacked_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A [in, 2Lk], B [2Lk, out]) of ``lowrank_pair``, kept while the factors stay the same.
+
+        ``sketched_linear`` stacks the four factor tensors into these two matrices on every call:
+        two concatenations (their kernels and ~30-70 us of host time each on an H200 host) in
+        a forward whose two GEMMs take ~0.02-0.09 ms. Inference reuses them. They are rebuilt
+        when any factor changes: an in-place update (optimizer step, ``load_state_dict``,
+        ``reset_parameters``) bumps its version counter, ``.to()`` / ``.data =`` replace its
+        storage. The copies cost as much memory as the factors themselves.
+        """
+        factors = (self.S1s, self.S2s, self.U1s, self.U2s)
+        if any(t.is_inference() for t in factors):  # no version counter to tell a change: never kept
+            with torch.no_grad():
+                return lowrank_pair(*factors)
+        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in factors)
+        cached = self.__dict__.get("_stacked")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, *lowrank_pair(*factors))
+            self.__dict__["_stacked"] = cached
+        return cached[1], cached[2]
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -179,7 +213,7 @@ class SKLinear_triton(SKLinear):
         if not (self._triton_runs_eagerly(x) or triton_op.traced(x)):  # traced: the graph keeps the Triton op
             # The Triton op would only hand the call to the C++ op, after its Python wrapper:
             # host time that made this layer up to 1.8x slower than SKLinear on small inputs.
-            return torch.ops.panther.sketched_linear(*args)
+            return super().forward(x)
         return torch.ops.panther.sketched_linear_triton(*args)
 
     def _triton_runs_eagerly(self, x: torch.Tensor) -> bool:

@@ -9,7 +9,7 @@ The passes read both torch-level (Dynamo) and aten-level (export) graphs; see
 """
 
 from .candidates import KINDS, Candidate, describe, find_candidates
-from .factors import attention_projection, conv_factors, layer_generator, layer_seed, linear_factors, lowrank_pair
+from .factors import attention_projection, conv_factors, layer_generator, layer_seed, linear_factors
 from .naming import DynamoResolver, ExportResolver, ParamResolver
 from .options import OPTIONS, Options, parse_options, with_plan
 from .planning import costs, make_plan, register_tuner, saves_work
@@ -19,6 +19,6 @@ from .rewrite import ConstantInstaller, RewriteError, apply_plan
 __all__ = [
     "KINDS", "OPTIONS", "Candidate", "ConstantInstaller", "DynamoResolver", "ExportResolver", "Options",
     "ParamResolver", "RewriteError", "apply_plan", "attention_projection", "conv_factors", "costs", "describe",
-    "find_candidates", "format_table", "layer_generator", "layer_seed", "linear_factors", "lowrank_pair",
+    "find_candidates", "format_table", "layer_generator", "layer_seed", "linear_factors",
     "make_plan", "parse_options", "register_tuner", "rows", "saves_work", "with_plan",
 ]

@@ -103,11 +103,3 @@ def attention_projection(spec: SketchSpec, head_dim: int, name: str, seed: int, 
     """FAVOR+ random features [low_rank, head_dim] for the attention layer ``name``."""
     gen = layer_generator(seed, name, "cpu")  # drawn on CPU: the same features on every device
     return orthogonal_random_features(spec.low_rank, head_dim, generator=gen, device=device, dtype=dtype)
-
-
-def lowrank_pair(S1s, S2s, U1s, U2s):
-    """(A [in, 2Lk], B [2Lk, out]) with x A B = 1/(2L) Σ (x S1_i U1_i + x U2_i S2_i), as the op stacks them."""
-    L, d_in, _ = S1s.shape
-    A = torch.cat([S1s.permute(1, 0, 2), U2s.permute(1, 0, 2)], dim=1).reshape(d_in, -1)
-    B = torch.cat([U1s, S2s], dim=0).reshape(-1, U1s.shape[2]) / (2 * L)
-    return A.contiguous(), B.contiguous()

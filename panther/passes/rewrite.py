@@ -33,7 +33,8 @@ from torch import fx
 
 from ..plan import Plan
 from .candidates import Candidate, value_of
-from .factors import attention_projection, conv_factors, linear_factors, lowrank_pair
+from ..factors import lowrank_pair
+from .factors import attention_projection, conv_factors, linear_factors
 from .fusion import activation_of, gated_chains, mlp_chains, shared_input_groups
 from .masks import emit_empty_rows_zero, emit_key_padding
 

@@ -1,0 +1,265 @@
+// See cublaslt_gemm.h.
+
+#include "linear/cublaslt_gemm.h"
+
+#ifndef PANTHER_WITH_CUDA
+
+namespace panther {
+bool cublaslt_gemm(at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, bool) {
+  return false;
+}
+}  // namespace panther
+
+#else
+
+#include <ATen/Context.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cublasLt.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+namespace panther {
+namespace {
+
+constexpr int kCandidates = 8;           // heuristic results timed on a problem's first call
+constexpr int kTimedRuns = 5;            // runs per candidate (after one warm-up run)
+constexpr size_t kWorkspace = 1u << 20;         // bytes, without split-K: little is needed
+constexpr size_t kSplitKWorkspace = 16u << 20;  // with split-K: partial sums of the output
+
+// A row-major [rows, cols] tensor read in place as a column-major cuBLASLt operand of its
+// transpose: with unit column stride its memory is the column-major transpose (op N);
+// with unit row stride it is the matrix itself in column-major order (op T).
+struct Operand {
+  cublasOperation_t op;
+  uint64_t rows, cols;  // of the stored column-major matrix
+  int64_t ld;
+};
+
+std::optional<Operand> as_operand(const at::Tensor& t) {
+  const int64_t rows = t.size(0), cols = t.size(1);
+  if (t.stride(1) == 1 && t.stride(0) >= std::max<int64_t>(cols, 1)) {
+    return Operand{CUBLAS_OP_N, static_cast<uint64_t>(cols), static_cast<uint64_t>(rows), t.stride(0)};
+  }
+  if (t.stride(0) == 1 && t.stride(1) >= std::max<int64_t>(rows, 1)) {
+    return Operand{CUBLAS_OP_T, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), t.stride(1)};
+  }
+  return std::nullopt;
+}
+
+// Largest power of two (up to 256) dividing the address: cuBLASLt's algorithms may assume
+// the alignment a preference allows, so the real one is declared.
+uint32_t alignment(const void* ptr) {
+  const auto address = reinterpret_cast<uintptr_t>(ptr);
+  uint32_t bytes = 1;
+  while (bytes < 256 && address % (2 * bytes) == 0) bytes *= 2;
+  return bytes;
+}
+
+// The cuBLASLt descriptors of one problem, owned (destroyed with it, never copied).
+struct Problem {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulPreference_t preference = nullptr;
+  bool ok = true;
+
+  Problem() = default;
+  Problem(const Problem&) = delete;
+  Problem& operator=(const Problem&) = delete;
+
+  ~Problem() {
+    if (preference) cublasLtMatmulPreferenceDestroy(preference);
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+  void check(cublasStatus_t status) { ok = ok && status == CUBLAS_STATUS_SUCCESS; }
+  template <typename T>
+  void set(cublasLtMatmulDescAttributes_t attribute, const T& value) {
+    if (ok) check(cublasLtMatmulDescSetAttribute(desc, attribute, &value, sizeof(value)));
+  }
+  template <typename T>
+  void prefer(cublasLtMatmulPreferenceAttributes_t attribute, const T& value) {
+    if (ok) check(cublasLtMatmulPreferenceSetAttribute(preference, attribute, &value, sizeof(value)));
+  }
+};
+
+struct Choice {
+  cublasLtMatmulAlgo_t algo;
+  bool measured;  // false: the heuristic's first pick, kept only until a call may time
+};
+
+// Measured choices, shared by all threads, keyed by the problem with its rows bucketed.
+std::mutex choices_mutex;
+std::unordered_map<std::string, Choice>& choices() {
+  static std::unordered_map<std::string, Choice> measured;
+  return measured;
+}
+
+// A problem's descriptors and algorithm, built on its first call in a thread and reused: the
+// per-call host work is then a key and one launch (ATen's addmm creates descriptors and asks
+// the heuristic on every call). Thread-local because the bias pointer is set per call.
+struct Entry {
+  Problem problem;
+  std::string choice_key;
+  Choice choice{};
+  bool final = false;  // the choice is measured (or deterministic mode's pick): never revisited
+};
+
+std::unordered_map<std::string, std::unique_ptr<Entry>>& entries() {
+  thread_local std::unordered_map<std::string, std::unique_ptr<Entry>> cached;
+  return cached;
+}
+
+// Problems are keyed by the next power of two of their row count: a layer meeting many token
+// counts (serving) measures once per bucket, not once per count. A choice that cannot run
+// another count of its bucket makes cublasLtMatmul fail, and that call falls back to ATen.
+int64_t row_bucket(int64_t rows) {
+  int64_t bucket = 1;
+  while (bucket < rows) bucket *= 2;
+  return bucket;
+}
+
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  return cudaStreamIsCapturing(stream, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone;
+}
+
+// The descriptors of out^T [N, M] = alpha b^T [N, K] a^T [K, M] (column-major terms), or false.
+bool describe(Problem& p, cudaDataType_t type, const Operand& lhs, const Operand& rhs, int64_t N, int64_t M,
+              int64_t ldd, bool with_bias, bool split_k, size_t workspace_bytes, const uint32_t align[3]) {
+  p.check(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  p.set(CUBLASLT_MATMUL_DESC_TRANSA, lhs.op);
+  p.set(CUBLASLT_MATMUL_DESC_TRANSB, rhs.op);
+  if (with_bias) {
+    p.set(CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
+    p.set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, type);
+  }
+  if (p.ok) p.check(cublasLtMatrixLayoutCreate(&p.a, type, lhs.rows, lhs.cols, lhs.ld));
+  if (p.ok) p.check(cublasLtMatrixLayoutCreate(&p.b, type, rhs.rows, rhs.cols, rhs.ld));
+  if (p.ok) p.check(cublasLtMatrixLayoutCreate(&p.d, type, N, M, ldd));
+  if (p.ok) p.check(cublasLtMatmulPreferenceCreate(&p.preference));
+  p.prefer(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, workspace_bytes);
+  // Every reduction scheme cuBLASLt offers sums the K slices in a fixed order (a result depends
+  // only on the algorithm); without split-K no candidate needs more than a little workspace.
+  p.prefer(CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+           static_cast<uint32_t>(split_k ? CUBLASLT_REDUCTION_SCHEME_MASK : CUBLASLT_REDUCTION_SCHEME_NONE));
+  p.prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align[0]);
+  p.prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align[1]);
+  p.prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align[2]);
+  p.prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]);
+  return p.ok;
+}
+
+}  // namespace
+
+bool cublaslt_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias,
+                   double alpha, bool split_k) {
+  const auto dtype = out.scalar_type();
+  if (!out.is_cuda() || (dtype != at::kHalf && dtype != at::kBFloat16)) return false;
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  if (M == 0 || N == 0 || K == 0 || out.stride(1) != 1 || out.stride(0) < N) return false;
+  if (bias.has_value() && (!bias->is_contiguous() || alignment(bias->data_ptr()) < 16)) return false;
+  const auto lhs = as_operand(b), rhs = as_operand(a);
+  if (!lhs || !rhs) return false;
+
+  c10::cuda::CUDAGuard guard(out.device());
+  const uint32_t align[3] = {alignment(b.data_ptr()), alignment(a.data_ptr()), alignment(out.data_ptr())};
+  const size_t workspace_bytes = split_k ? kSplitKWorkspace : kWorkspace;
+  // Everything the descriptors and the algorithm depend on, rows last (bucketed for the choice).
+  const std::string shape = std::to_string(out.device().index()) + ':' + std::to_string(static_cast<int>(dtype)) +
+                            ':' + std::to_string(N) + ',' + std::to_string(K) + ':' +
+                            std::to_string(static_cast<int>(lhs->op)) + std::to_string(static_cast<int>(rhs->op)) +
+                            ':' + std::to_string(lhs->ld) + ',' + std::to_string(rhs->ld) + ',' +
+                            std::to_string(out.stride(0)) + ':' + std::to_string(align[0]) + ',' +
+                            std::to_string(align[1]) + ',' + std::to_string(align[2]) + ':' +
+                            (bias.has_value() ? 'b' : '-') + (split_k ? 's' : '-') + ':';
+  auto& slot = entries()[shape + std::to_string(M)];
+  if (!slot) {
+    auto entry = std::make_unique<Entry>();
+    const cudaDataType_t type = dtype == at::kHalf ? CUDA_R_16F : CUDA_R_16BF;
+    if (!describe(entry->problem, type, *lhs, *rhs, N, M, out.stride(0), bias.has_value(), split_k, workspace_bytes,
+                  align)) {
+      entries().erase(shape + std::to_string(M));
+      return false;
+    }
+    entry->choice_key = shape + std::to_string(row_bucket(M));
+    slot = std::move(entry);
+  }
+  Entry& e = *slot;
+  Problem& p = e.problem;
+  if (bias.has_value()) {
+    const void* bias_ptr = bias->data_ptr();
+    p.set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias_ptr);
+    if (!p.ok) return false;
+  }
+
+  const auto handle = at::cuda::getCurrentCUDABlasLtHandle();
+  const auto stream = at::cuda::getCurrentCUDAStream(out.device().index()).stream();
+  auto workspace = at::empty({static_cast<int64_t>(workspace_bytes)}, out.options().dtype(at::kByte));
+  const float scale = static_cast<float>(alpha), zero = 0.0f;
+  auto run = [&](const cublasLtMatmulAlgo_t& algo) {
+    return cublasLtMatmul(handle, p.desc, &scale, b.data_ptr(), p.a, a.data_ptr(), p.b, &zero, out.data_ptr(), p.d,
+                          out.data_ptr(), p.d, &algo, workspace.data_ptr(), workspace_bytes, stream);
+  };
+  if (!e.final) {
+    const bool deterministic = at::globalContext().deterministicAlgorithms();
+    const bool captured = capturing(stream);
+    bool known = false;
+    {
+      std::lock_guard<std::mutex> lock(choices_mutex);
+      const auto found = choices().find(e.choice_key);
+      if (found != choices().end() && (found->second.measured || deterministic || captured)) {
+        e.choice = found->second;
+        known = true;
+      }
+    }
+    if (!known) {
+      cublasLtMatmulHeuristicResult_t results[kCandidates];
+      int count = 0;
+      if (cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.d, p.d, p.preference, kCandidates, results,
+                                         &count) != CUBLAS_STATUS_SUCCESS ||
+          count == 0) {
+        return false;
+      }
+      e.choice = Choice{results[0].algo, /*measured=*/count == 1};  // one candidate: nothing to measure
+      if (!deterministic && !captured && count > 1) {
+        // Time each candidate on the real operands (out is overwritten by the final run below).
+        cudaEvent_t start, stop;
+        cudaEventCreate(&start);
+        cudaEventCreate(&stop);
+        float best = std::numeric_limits<float>::infinity();
+        for (int i = 0; i < count; ++i) {
+          if (run(results[i].algo) != CUBLAS_STATUS_SUCCESS) continue;
+          cudaEventRecord(start, stream);
+          for (int r = 0; r < kTimedRuns; ++r) run(results[i].algo);
+          cudaEventRecord(stop, stream);
+          float ms = 0.0f;
+          if (cudaEventSynchronize(stop) == cudaSuccess && cudaEventElapsedTime(&ms, start, stop) == cudaSuccess &&
+              ms < best) {
+            best = ms;
+            e.choice.algo = results[i].algo;
+          }
+        }
+        cudaEventDestroy(start);
+        cudaEventDestroy(stop);
+        e.choice.measured = true;
+      }
+      std::lock_guard<std::mutex> lock(choices_mutex);
+      choices()[e.choice_key] = e.choice;
+    }
+    e.final = e.choice.measured || deterministic;
+  }
+  return run(e.choice.algo) == CUBLAS_STATUS_SUCCESS;
+}
+
+}  // namespace panther
+
+#endif  // PANTHER_WITH_CUDA
