@@ -253,3 +253,53 @@ def test_every_triton_config_is_correct_on_awkward_shapes(dtype):
     for pair in pairs:
         y = tk.sketched_forward(x, S1s, S2s, U1s, U2s, b, configs=pair)
         assert rel_err(y, ref) < TOL[dtype], pair
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_gemm_layouts_alignment_and_modes(dtype):
+    """The CUDA GEMMs of the linear ops (cuBLASLt with measured algorithms, cublaslt_gemm.h) on
+    every layout they take or hand back to ATen: row- and column-major x and factors, a bias slice
+    that is not 16-byte aligned, the backward's dx; deterministic mode; CUDA-graph capture of a
+    problem seen for the first time (not timed while captured)."""
+    dev = "cuda"
+    d_in, d_out, r = 256, 192, 24
+    g = torch.Generator(device=dev).manual_seed(0)
+    A = torch.randn(d_in, r, device=dev, generator=g).div_(d_in**0.5).to(dtype)
+    B = torch.randn(r, d_out, device=dev, generator=g).div_(r**0.5).to(dtype)
+    storage = torch.randn(d_out + 1, device=dev, generator=g).to(dtype)
+    aligned, misaligned = storage[:d_out], storage[1:]  # the second starts 2 bytes in
+
+    def check(x, A, B, b):
+        want = lowrank_linear_reference(x.double(), A.double(), B.double(), None if b is None else b.double())
+        got = ops.lowrank_linear(x, A, B, b)
+        assert rel_err(got, want) < TOL[dtype]
+        return got
+
+    x = torch.randn(300, d_in, device=dev, generator=g).to(dtype)
+    column_major = lambda t: t.t().contiguous().t()  # noqa: E731
+    for b in (None, aligned, misaligned):
+        check(x, A, B, b)
+        check(column_major(x), A, B, b)
+        check(x, column_major(A), column_major(B), b)
+    xg = x.clone().requires_grad_()
+    ops.lowrank_linear(xg, A, B, aligned).backward(torch.ones(300, d_out, device=dev, dtype=dtype))
+    want = (torch.ones(300, d_out, dtype=torch.float64, device=dev) @ B.double().t()) @ A.double().t()
+    assert rel_err(xg.grad, want) < TOL[dtype]
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:  # a new problem: the heuristic's pick, the same bits on every call
+        x2 = torch.randn(1000, d_in, device=dev, generator=g).to(dtype)
+        first = check(x2, A, B, aligned)
+        assert torch.equal(ops.lowrank_linear(x2, A, B, aligned), first)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+    x3 = torch.randn(3000, d_in, device=dev, generator=g).to(dtype)  # a row bucket not seen yet
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y3 = ops.lowrank_linear(x3, A, B, aligned)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err(y3, lowrank_linear_reference(x3.double(), A.double(), B.double(), aligned.double())) < TOL[dtype]
+    torch.testing.assert_close(check(x3, A, B, aligned), y3, rtol=TOL[dtype], atol=TOL[dtype])  # measured later
