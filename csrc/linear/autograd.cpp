@@ -32,6 +32,13 @@ using LowrankForward = at::Tensor(const at::Tensor&, const at::Tensor&, const at
 using LowrankBackward = Grads(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               std::array<bool, 4>);
 
+// The backward ops' output_mask: the gradients of x and the two learned factors (inputs 0-2),
+// and of the bias (input bias_input) when the call had one.
+std::array<bool, 4> grad_mask(AutogradContext* ctx, size_t bias_input) {
+  return {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
+          ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(bias_input)};
+}
+
 // Inputs: x, S1s, S2s, U1s, U2s, bias. U1s and U2s are fixed sketches: never differentiated.
 class SketchedLinearFunction : public torch::autograd::Function<SketchedLinearFunction> {
  public:
@@ -48,10 +55,8 @@ class SketchedLinearFunction : public torch::autograd::Function<SketchedLinearFu
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<SketchedBackward>("panther::sketched_linear_backward");
     const auto saved = ctx->get_saved_variables();
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const std::array<bool, 4> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
-                                   has_bias && ctx->needs_input_grad(5)};
-    const auto [dx, dS1s, dS2s, dbias] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], mask);
+    const auto [dx, dS1s, dS2s, dbias] =
+        op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], grad_mask(ctx, 5));
     return {or_undefined(dx), or_undefined(dS1s), or_undefined(dS2s), at::Tensor(), at::Tensor(),
             or_undefined(dbias)};
   }
@@ -72,10 +77,7 @@ class LowrankLinearFunction : public torch::autograd::Function<LowrankLinearFunc
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<LowrankBackward>("panther::lowrank_linear_backward");
     const auto saved = ctx->get_saved_variables();
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const std::array<bool, 4> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
-                                   has_bias && ctx->needs_input_grad(3)};
-    const auto [dx, dA, dB, dbias] = op.call(grads[0], saved[0], saved[1], saved[2], mask);
+    const auto [dx, dA, dB, dbias] = op.call(grads[0], saved[0], saved[1], saved[2], grad_mask(ctx, 3));
     return {or_undefined(dx), or_undefined(dA), or_undefined(dB), or_undefined(dbias)};
   }
 };

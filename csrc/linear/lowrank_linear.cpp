@@ -6,9 +6,9 @@
 //                                           B = [U1_1; ..; U1_L; S2_1; ..; S2_L]/(2L) [2Lk, out]
 //
 // Whatever L is, the layer is two GEMMs over x (never 4L products). The kernels are ATen
-// calls, so the same code serves CPU (oneDNN/BLAS) and CUDA (cuBLAS), except the wide
-// expansions (y, and dx in the backward), which run through cuBLASLt on CUDA with an
-// algorithm measured per shape (cublaslt_gemm.h). GEMMs of float16/bfloat16 accumulate in
+// calls, so the same code serves CPU (oneDNN/BLAS) and CUDA (cuBLAS), except the forward's
+// two GEMMs and the backward's dx, which run through cuBLASLt on CUDA with an algorithm
+// measured per shape (gemm, cublaslt_gemm.h). GEMMs of float16/bfloat16 accumulate in
 // float32 everywhere.
 
 #include <ATen/ATen.h>
@@ -100,32 +100,25 @@ at::Tensor scaled_mm(const at::Tensor& a, const at::Tensor& b, double alpha) {
   return at::addmm_out(out, out, a, b, 0.0, alpha);
 }
 
-// alpha h B (+ b): the expansion from rank r to a wide output, whose cost is writing it. On
-// CUDA through cuBLASLt with a measured algorithm (cublaslt_gemm.h), else ATen.
-at::Tensor expand(const at::Tensor& h, const at::Tensor& B, const std::optional<at::Tensor>& bias, double alpha) {
-  if (h.is_cuda()) {
-    auto out = at::empty({h.size(0), B.size(1)}, h.options());
-    if (cublaslt_gemm(out, h, B, bias, alpha)) return out;
+// alpha a b (+ bias): on CUDA through cuBLASLt with a measured algorithm (cublaslt_gemm.h),
+// else (or where it does not apply) ATen. Both GEMMs of the layer are bound by memory: the
+// expansion to a wide output by writing it, the projection x A by reading x, whose narrow
+// [M, r] output has too few tiles for the GPU unless K is split (split_k).
+at::Tensor gemm(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias, double alpha,
+                bool split_k = false) {
+  if (a.is_cuda()) {
+    auto out = at::empty({a.size(0), b.size(1)}, a.options());
+    if (cublaslt_gemm(out, a, b, bias, alpha, split_k)) return out;
   }
-  if (bias.has_value()) return at::addmm(*bias, h, B, 1.0, alpha);
-  return scaled_mm(h, B, alpha);
-}
-
-// x2 A: the projection to rank r, whose cost is reading x2. On CUDA through cuBLASLt with a
-// measured algorithm, split-K admitted (the [M, r] output has too few tiles for the GPU).
-at::Tensor project(const at::Tensor& x2, const at::Tensor& A) {
-  if (x2.is_cuda()) {
-    auto out = at::empty({x2.size(0), A.size(1)}, x2.options());
-    if (cublaslt_gemm(out, x2, A, std::nullopt, 1.0, /*split_k=*/true)) return out;
-  }
-  return at::mm(x2, A);
+  if (bias.has_value()) return at::addmm(*bias, a, b, 1.0, alpha);
+  return scaled_mm(a, b, alpha);
 }
 
 // y = alpha (x A) B + b, with x of any leading shape.
 at::Tensor two_gemm(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                     const std::optional<at::Tensor>& bias, double alpha) {
   const auto x2 = x.reshape({-1, x.size(-1)});
-  return expand(project(x2, A), B, bias, alpha).view(out_shape(x, B.size(1)));
+  return gemm(gemm(x2, A, std::nullopt, 1.0, /*split_k=*/true), B, bias, alpha).view(out_shape(x, B.size(1)));
 }
 
 at::Tensor lowrank_linear(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
@@ -186,7 +179,7 @@ Grads lowrank_linear_backward(
   at::Tensor dx, dA, dB, db;
   if (mask[0] || mask[1]) {
     const auto gh = at::mm(g2, B.t());  // [M, r]
-    if (mask[0]) dx = expand(gh, A.t(), std::nullopt, 1.0).view(x.sizes());
+    if (mask[0]) dx = gemm(gh, A.t(), std::nullopt, 1.0).view(x.sizes());
     if (mask[1]) dA = at::mm(x2.t(), gh);
   }
   if (mask[2]) {
@@ -215,7 +208,7 @@ Grads sketched_linear_backward(
   at::Tensor dx, dS1, dS2, db;
   if (mask[0]) {
     const auto gh = scaled_mm(g2, B.t(), alpha);  // [M, 2Lk]
-    dx = expand(gh, stack_left(S1s, U2s).t(), std::nullopt, 1.0).view(x.sizes());
+    dx = gemm(gh, stack_left(S1s, U2s).t(), std::nullopt, 1.0).view(x.sizes());
     if (mask[1]) {
       dS1 = at::mm(x2.t(), gh.narrow(1, 0, Lk)).view({s.in, s.L, s.k}).permute({1, 0, 2}).contiguous();
     }
@@ -257,7 +250,7 @@ TORCH_LIBRARY_IMPL(panther, CPU, m) {
 }
 
 #ifdef PANTHER_WITH_CUDA
-// Same code on CUDA: the GEMMs run in cuBLAS (the expansions in cuBLASLt, see expand), within
+// Same code on CUDA: the GEMMs run in cuBLAS (and cuBLASLt, see gemm), within
 // the factors of the memory floor recorded in BENCHMARKS.md.
 TORCH_LIBRARY_IMPL(panther, CUDA, m) {
   m.impl("lowrank_linear", &lowrank_linear);
