@@ -4,6 +4,7 @@ Graphs are captured with a backend that runs the passes and then the graph eager
 Inductor), so these tests are fast; tests/test_backend.py covers the Inductor path.
 """
 
+import copy
 import json
 
 import pytest
@@ -239,6 +240,36 @@ def test_mlp_chain_fuses_and_matches_unfused(act):
     (node,) = [n for n in cap.graphs[0].graph.nodes if n.target is ops.lowrank_expand_project.default]
     assert node.args[-1] == {"relu_module": "relu", "gelu_module": "gelu", "torch_relu": "relu",
                              "method_relu": "relu"}.get(act, act)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_rewritten_layers_feeding_rewritten_layers(fuse):
+    """Each layer's input is the previous layer's output: MLP blocks back to back (the first
+    block's fc2 is the second's input), then two linears and two convolutions in a row. A
+    candidate's recorded input is then a node an earlier rewrite replaced; the rewrite must read
+    its replacement (it used the erased node: 'used before it has been defined')."""
+    torch.manual_seed(0)
+    d = 32
+    mlp = nn.Sequential(*[m for _ in range(2) for m in (nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))],
+                        nn.Linear(d, d), nn.Linear(d, d)).eval()
+    x = torch.randn(2, 5, d)
+    opts = {"num_terms": 1, "low_rank": 4, "seed": 3, "fuse": fuse}
+    out, cap = run(mlp, x, options=opts)
+    reference, _ = run(mlp, x, options={**opts, "fuse": False})
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    t = targets_of(cap.graphs[0])
+    ops = torch.ops.panther
+    assert t.count(ops.lowrank_expand_project.default) == (2 if fuse else 0)
+    assert t.count(ops.lowrank_linear.default) == (2 if fuse else 6)
+    with torch.no_grad():  # the same plan through swapped modules
+        torch.testing.assert_close(out, pr.sketch_model(copy.deepcopy(mlp), options=opts)(x), rtol=1e-5, atol=1e-6)
+    convs = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    image = torch.randn(2, 8, 10, 10)
+    out, cap = run(convs, image, options=opts)
+    assert targets_of(cap.graphs[0]).count(ops.sketched_conv2d.default) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(out, pr.sketch_model(copy.deepcopy(convs), options=opts)(image), rtol=1e-5,
+                                   atol=1e-6)
 
 
 @pytest.mark.parametrize("kw", [{"leak": True}, {"dropout": True}])

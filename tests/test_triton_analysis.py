@@ -9,6 +9,8 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 
 from panther.triton_analysis import memoize, memoized_kernel_analysis  # noqa: E402
 
+from .conftest import BACKEND  # noqa: E402
+
 
 # JITFunction directly: under TRITON_INTERPRET=1 (the CPU test run) triton.jit would return the
 # interpreter's wrapper, which torch never analyses
@@ -113,7 +115,7 @@ def test_a_panther_compile_generates_each_kernels_ir_once(monkeypatch):
         torch._dynamo.reset()
         count.clear()
         with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False):
-            y = torch.compile(model, backend="panther", options={"num_terms": 1, "low_rank": 64})(x)
+            y = torch.compile(model, backend=BACKEND, options={"num_terms": 1, "low_rank": 64})(x)
         return y, len(count)
 
     memoized, with_memo = compile_and_run()

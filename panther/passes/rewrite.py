@@ -96,6 +96,23 @@ class ConstantInstaller:
 class _Emitter:
     def __init__(self, gm, installer, fake_mode, meta_key):
         self.gm, self.installer, self.fake_mode, self.meta_key = gm, installer, fake_mode, meta_key
+        self._replaced: dict[fx.Node, fx.Node] = {}
+
+    def replace(self, old: fx.Node, new: fx.Node) -> None:
+        """Gives ``old``'s uses to ``new``, and remembers it for :meth:`current`."""
+        old.replace_all_uses_with(new)
+        self._replaced[old] = new
+
+    def current(self, node):
+        """``node``, or the node that replaced it. A candidate records its input when the graph is
+        scanned; when that input is a linear rewritten earlier (an MLP's output feeding the next
+        MLP), the recorded node is gone from the graph and its replacement is the input now."""
+        while isinstance(node, fx.Node) and node in self._replaced:
+            node = self._replaced[node]
+        return node
+
+    def input_of(self, cand: Candidate) -> fx.Node:
+        return self.current(cand.info["input"])
 
     def call(self, target, args, like: fx.Node) -> fx.Node:
         """A call_function node with ``like``'s module-stack meta and a fake value."""
@@ -178,22 +195,22 @@ def apply_plan(gm: fx.GraphModule, candidates: list[Candidate], plan: Plan, *, s
                 new = _REWRITERS[cand.kind](emit, cand, prepared[cand.node])
         except Exception as err:  # noqa: BLE001
             raise RewriteError(cand.node.name, f"rewriting {cand.name!r} failed: {err}") from err
-        cand.node.replace_all_uses_with(new)
+        emit.replace(cand.node, new)
         gm.graph.erase_node(cand.node)
     gm.graph.lint()
     gm.recompile()
     return chosen
 
 
-def _bias(cand: Candidate):
-    return cand.info.get("bias_node")
+def _bias(emit, cand: Candidate):
+    return emit.current(cand.info.get("bias_node"))
 
 
 def _rewrite_linear(emit, cand, pair):
     A, B = pair
     a = emit.installer.node(f"{cand.name}.A", A, cand.node)
     b = emit.installer.node(f"{cand.name}.B", B, cand.node)
-    return emit.call(panther.lowrank_linear.default, (cand.info["input"], a, b, _bias(cand)), cand.node)
+    return emit.call(panther.lowrank_linear.default, (emit.input_of(cand), a, b, _bias(emit, cand)), cand.node)
 
 
 def _rewrite_conv(emit, cand, factors):
@@ -201,7 +218,7 @@ def _rewrite_conv(emit, cand, factors):
     s = emit.installer.node(f"{cand.name}.S1s", S1s, cand.node)
     u = emit.installer.node(f"{cand.name}.U1s", U1s, cand.node)
     i = cand.info
-    args = (i["input"], s, u, _bias(cand), list(i["stride"]), list(i["padding"]), list(i["dilation"]), i["groups"],
+    args = (emit.input_of(cand), s, u, _bias(emit, cand), list(i["stride"]), list(i["padding"]), list(i["dilation"]), i["groups"],
             "zeros")
     return emit.call(panther.sketched_conv2d.default, args, cand.node)
 
@@ -254,7 +271,7 @@ def _rewrite_fused(emit, group: list[Candidate], prepared) -> None:
     except Exception as err:  # noqa: BLE001
         raise RewriteError(first.name, f"fusing {[c.name for c in group]} failed: {err}") from err
     for cand, new in zip(group, replacements):
-        cand.node.replace_all_uses_with(new)
+        emit.replace(cand.node, new)
         gm.graph.erase_node(cand.node)
 
 
@@ -262,8 +279,8 @@ def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: f
     """h_i = x_i2 @ A_i on the rows of each candidate's input, and the leading sizes of the first's.
     Candidates reading one input share one x2 @ [A_1 .. A_n] (a column slice each); otherwise
     each gets its own product. Factors are installed before ``before``."""
-    x = cands[0].info["input"]
-    if all(c.info["input"] is x for c in cands):
+    x = emit.input_of(cands[0])
+    if all(emit.input_of(c) is x for c in cands):
         key = "+".join(c.name for c in cands)
         a = emit.installer.node(f"{key}.A", torch.cat(As, dim=1).contiguous() if len(As) > 1 else As[0].contiguous(),
                                 before)
@@ -276,7 +293,7 @@ def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: f
                 for c, lo, hi in zip(cands, bounds, bounds[1:])], lead
     parts, lead = [], None
     for cand, A in zip(cands, As):
-        rows, cand_lead = _rows(emit, cand.info["input"], A.shape[0], cand.node)
+        rows, cand_lead = _rows(emit, emit.input_of(cand), A.shape[0], cand.node)
         a = emit.installer.node(f"{cand.name}.A", A.contiguous(), before)
         parts.append(emit.call(aten.mm.default, (rows, a), cand.node))
         lead = cand_lead if lead is None else lead
@@ -295,7 +312,7 @@ def _rows(emit, x: fx.Node, in_features: int, like: fx.Node):
 def _expand(emit, cand: Candidate, h: fx.Node, B: torch.Tensor, lead) -> fx.Node:
     """addmm(bias, h, B) (mm without bias) on the rows h, reshaped to the linear's output."""
     b = emit.installer.node(f"{cand.name}.B", B.contiguous(), cand.node)
-    bias = _bias(cand)
+    bias = _bias(emit, cand)
     out = (emit.call(aten.addmm.default, (bias, h, b), cand.node) if bias is not None
            else emit.call(aten.mm.default, (h, b), cand.node))
     return emit.call(aten.reshape.default, (out, [*lead, B.shape[1]]), cand.node)
@@ -313,12 +330,12 @@ def _rewrite_mlp(emit, up: Candidate, activation: str, down: Candidate, links: l
             (t,), lead = _projections(emit, [up], [A1], down.node)
             b1 = emit.installer.node(f"{up.name}.B", B1.contiguous(), down.node)
             a2 = emit.installer.node(f"{down.name}.A", A2.contiguous(), down.node)
-            u = emit.call(panther.lowrank_expand_project.default, (t, b1, a2, _bias(up), activation), act_node)
+            u = emit.call(panther.lowrank_expand_project.default, (t, b1, a2, _bias(emit, up), activation), act_node)
             new = _expand(emit, down, u, B2, lead)
     except Exception as err:  # noqa: BLE001
         raise RewriteError(up.node.name, f"fusing the MLP {up.name!r} -> {activation} -> {down.name!r} failed: "
                                          f"{err}") from err
-    down.node.replace_all_uses_with(new)
+    emit.replace(down.node, new)
     for node in (down.node, *reversed(links), up.node):
         gm.graph.erase_node(node)
 
@@ -338,11 +355,11 @@ def _rewrite_gated(emit, gate: Candidate, activation: str, up: Candidate, down: 
             b_u = emit.installer.node(f"{up.name}.B", Bu.contiguous(), down.node)
             a_d = emit.installer.node(f"{down.name}.A", Ad.contiguous(), down.node)
             u = emit.call(panther.lowrank_gated_expand_project.default,
-                          (h_g, b_g, h_u, b_u, a_d, _bias(gate), _bias(up), activation), product)
+                          (h_g, b_g, h_u, b_u, a_d, _bias(emit, gate), _bias(emit, up), activation), product)
             new = _expand(emit, down, u, Bd, lead)
     except Exception as err:  # noqa: BLE001
         raise RewriteError(gate.node.name, f"fusing the gated MLP {gate.name!r} ({activation}) * {up.name!r} -> "
                                            f"{down.name!r} failed: {err}") from err
-    down.node.replace_all_uses_with(new)
+    emit.replace(down.node, new)
     for node in (down.node, product, act_node, gate.node, up.node):
         gm.graph.erase_node(node)
