@@ -47,6 +47,10 @@ def _arg_key(value):
     raise _Unkeyable(type(value).__name__)
 
 
+def _args_key(arguments: dict) -> tuple:
+    return tuple(sorted((name, _arg_key(value)) for name, value in arguments.items()))
+
+
 def _kernel_key(kernel):
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
@@ -58,7 +62,7 @@ def _kernel_key(kernel):
         # wraps a kernel launched with num_warps/num_stages in a new Autotuner at every call site,
         # so the key is the function, not the wrapper
         first = kernel.configs[0].kwargs if kernel.configs else {}
-        return id(kernel.fn), tuple(sorted((name, _arg_key(v)) for name, v in first.items()))
+        return id(kernel.fn), _args_key(first)
     raise _Unkeyable(type(kernel).__name__)
 
 
@@ -73,7 +77,7 @@ def memoize(analyse):
         try:
             if tma_descriptor_metadata or args or kw:
                 raise _Unkeyable("TMA descriptors or extra arguments")
-            key = (_kernel_key(kernel), tuple(sorted((name, _arg_key(v)) for name, v in kwargs.items())))
+            key = (_kernel_key(kernel), _args_key(kwargs))
         except _Unkeyable:
             return analyse(kernel, kwargs, tma_descriptor_metadata, *args, **kw)
         if key not in memo:

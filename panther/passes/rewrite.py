@@ -99,8 +99,9 @@ class _Emitter:
         self._replaced: dict[fx.Node, fx.Node] = {}
 
     def replace(self, old: fx.Node, new: fx.Node) -> None:
-        """Gives ``old``'s uses to ``new``, and remembers it for :meth:`current`."""
+        """Gives ``old``'s uses to ``new`` and erases ``old``, remembering it for :meth:`current`."""
         old.replace_all_uses_with(new)
+        self.gm.graph.erase_node(old)
         self._replaced[old] = new
 
     def current(self, node):
@@ -196,7 +197,6 @@ def apply_plan(gm: fx.GraphModule, candidates: list[Candidate], plan: Plan, *, s
         except Exception as err:  # noqa: BLE001
             raise RewriteError(cand.node.name, f"rewriting {cand.name!r} failed: {err}") from err
         emit.replace(cand.node, new)
-        gm.graph.erase_node(cand.node)
     gm.graph.lint()
     gm.recompile()
     return chosen
@@ -218,8 +218,8 @@ def _rewrite_conv(emit, cand, factors):
     s = emit.installer.node(f"{cand.name}.S1s", S1s, cand.node)
     u = emit.installer.node(f"{cand.name}.U1s", U1s, cand.node)
     i = cand.info
-    args = (emit.input_of(cand), s, u, _bias(emit, cand), list(i["stride"]), list(i["padding"]), list(i["dilation"]), i["groups"],
-            "zeros")
+    args = (emit.input_of(cand), s, u, _bias(emit, cand), list(i["stride"]), list(i["padding"]), list(i["dilation"]),
+            i["groups"], "zeros")
     return emit.call(panther.sketched_conv2d.default, args, cand.node)
 
 
@@ -272,7 +272,6 @@ def _rewrite_fused(emit, group: list[Candidate], prepared) -> None:
         raise RewriteError(first.name, f"fusing {[c.name for c in group]} failed: {err}") from err
     for cand, new in zip(group, replacements):
         emit.replace(cand.node, new)
-        gm.graph.erase_node(cand.node)
 
 
 def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: fx.Node):
@@ -336,7 +335,7 @@ def _rewrite_mlp(emit, up: Candidate, activation: str, down: Candidate, links: l
         raise RewriteError(up.node.name, f"fusing the MLP {up.name!r} -> {activation} -> {down.name!r} failed: "
                                          f"{err}") from err
     emit.replace(down.node, new)
-    for node in (down.node, *reversed(links), up.node):
+    for node in (*reversed(links), up.node):
         gm.graph.erase_node(node)
 
 
@@ -361,5 +360,5 @@ def _rewrite_gated(emit, gate: Candidate, activation: str, up: Candidate, down: 
         raise RewriteError(gate.node.name, f"fusing the gated MLP {gate.name!r} ({activation}) * {up.name!r} -> "
                                            f"{down.name!r} failed: {err}") from err
     emit.replace(down.node, new)
-    for node in (down.node, product, act_node, gate.node, up.node):
+    for node in (product, act_node, gate.node, up.node):
         gm.graph.erase_node(node)
