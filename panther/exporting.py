@@ -33,6 +33,7 @@ from .passes.rewrite import fake_mode_of
 # Options of the compile backend that mean nothing for an exported program.
 _COMPILE_ONLY = {"fallback": "export has no fallback: a rewrite failure raises",
                  "inductor": "Inductor settings belong to panther.package(inductor_configs=...)",
+                 "mode": "Inductor's mode belongs to compilation (panther.package(inductor_configs=...) for a package)",
                  "tune": "tune a plan first (backend='panther' with tune=True and save_plan, or panther.tuner), "
                          "then pass it as plan="}
 

@@ -139,6 +139,28 @@ def test_fallback_false_raises_and_bad_options_are_rejected(monkeypatch):
         compiled(model, {"num_terms": 1, "low_rank": 8, "fallback": False})(x)
 
 
+def test_mode_in_options_reaches_inductor(monkeypatch):
+    """torch.compile refuses mode= together with options=, so a plan and a mode meet in options['mode']:
+    the mode's Inductor patches (the user's own 'inductor' patches on top) go to compile_fx."""
+    import panther.backend as backend
+    from torch._inductor import list_mode_options
+
+    seen = []
+    real = backend.compile_fx
+    monkeypatch.setattr(backend, "compile_fx", lambda gm, inputs, config_patches: seen.append(config_patches)
+                        or real(gm, inputs, config_patches=None))
+    model = MLP().eval()
+    x = torch.randn(3, 64)
+    options = {"num_terms": 1, "low_rank": 8, "mode": "max-autotune-no-cudagraphs", "inductor": {"max_autotune": False}}
+    with torch.no_grad():
+        compiled(model, options)(x)
+    assert seen == [{**list_mode_options("max-autotune-no-cudagraphs"), "max_autotune": False}]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        backend.panther_backend(None, [], options={"mode": "fast"})
+    with pytest.raises(ValueError, match=r"mode='default' and options\['mode'\]='reduce-overhead' disagree"):
+        backend.panther_backend(None, [], mode="default", options={"mode": "reduce-overhead"})
+
+
 @pytest.mark.skipif(not ENTRY_POINT, reason="panther is built in place, not pip-installed: no entry point")
 def test_entry_point_discovery_without_importing_panther():
     script = textwrap.dedent("""

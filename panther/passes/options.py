@@ -15,6 +15,8 @@ from .._validation import one_of, positive_int
 from ..plan import INITS, Plan, SketchSpec
 from .candidates import KINDS
 
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
+
 # name -> meaning (the error for an unknown key prints these)
 OPTIONS = {
     "num_terms": "fixed plan: L for every eligible node of `kinds` where sketching saves work (with low_rank)",
@@ -34,6 +36,9 @@ OPTIONS = {
     "save_plan": "path: write the plan used as JSON (reusable with `plan`)",
     "fallback": "on a rewrite failure warn and compile with plain Inductor (default True); False raises",
     "inductor": "dict of Inductor config patches passed to compile_fx",
+    "mode": "Inductor's mode: 'default', 'reduce-overhead' (CUDA graphs: replays the kernels without the host "
+            "launching each one; outputs are overwritten by the next call, as with Inductor), 'max-autotune' or "
+            "'max-autotune-no-cudagraphs'. torch.compile takes mode= or options=, not both: with options, give it here",
     "calibration": "list of input tuples (the model's own tensor inputs, in order, shaped like the example inputs) "
                    "whose layer inputs calibrate init='asvd' (and drive tune=True); default: the example inputs",
 }
@@ -58,6 +63,7 @@ class Options:
     save_plan: str | None = None
     fallback: bool = True
     inductor: dict = field(default_factory=dict)
+    mode: str | None = None
     calibration: tuple | None = None  # batches (tuples of tensors) for init="asvd" and the tuner
     extra: dict = field(default_factory=dict)  # keys registered by the tuner
 
@@ -192,6 +198,8 @@ def parse_options(options: dict | None) -> Options:
         if not isinstance(options["inductor"], dict):
             raise TypeError(f"option 'inductor' must be a dict of Inductor config patches, got {options['inductor']!r}")
         kw["inductor"] = dict(options["inductor"])
+    if "mode" in options:
+        kw["mode"] = one_of(options["mode"], "mode", MODES)
     if "calibration" in options:
         kw["calibration"] = input_batches(options["calibration"], "calibration")
     extra = {k: v for k, v in options.items() if k in _tuner_keys}
