@@ -219,6 +219,8 @@ def test_plan_errors_name_the_problem():
         pr.export(model, (x,), plan={}, options={"plan": {}})
     with pytest.raises(ValueError, match="'fallback' does not apply to panther.export"):
         pr.export(model, (x,), options={"num_terms": 1, "low_rank": 2, "fallback": False})
+    with pytest.raises(ValueError, match="'mode' does not apply to panther.export.*inductor_configs"):
+        pr.export(model, (x,), options={"num_terms": 1, "low_rank": 2, "mode": "reduce-overhead"})
     with pytest.raises(ValueError, match=r"(?s)unknown panther option\(s\) \['low_rnk'\]"):
         pr.export(model, (x,), options={"low_rnk": 2})
     with pytest.raises(TypeError, match="args must be a tuple"):
