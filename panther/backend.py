@@ -125,6 +125,11 @@ def _guarded(compiled, original: fx.GraphModule, checks):
 
 
 def _inductor_patches(mode, options: Options) -> dict:
+    """Inductor config patches: the mode's (given as ``mode=`` or ``options["mode"]``), then the
+    user's own ``options["inductor"]`` on top."""
+    if mode is not None and options.mode is not None and mode != options.mode:
+        raise ValueError(f"mode={mode!r} and options['mode']={options.mode!r} disagree; give one")
+    mode = mode or options.mode
     patches = {}
     if mode not in (None, "default"):
         from torch._inductor import list_mode_options
@@ -150,9 +155,7 @@ def panther_backend(gm: fx.GraphModule, example_inputs, **kwargs):
     mode = kwargs.pop("mode", None)
     if kwargs:
         raise TypeError(f"panther_backend got unexpected arguments {sorted(kwargs)}; it takes options= or mode=")
-    if mode is not None and options.mode is not None and mode != options.mode:
-        raise ValueError(f"mode={mode!r} and options['mode']={options.mode!r} disagree; give one")
-    patches = _inductor_patches(mode or options.mode, options) or None
+    patches = _inductor_patches(mode, options) or None
     original = _copy(gm)  # shallow (nodes and meta), kept for fallback and for calls with other weights
     try:
         candidates, plan, rewritten = _rewrite(gm, example_inputs, options)

@@ -93,7 +93,8 @@ struct Problem {
 
 struct Choice {
   cublasLtMatmulAlgo_t algo;
-  bool measured;  // false: the heuristic's first pick, kept only until a call may time
+  bool workspace;  // whether the algorithm needs a workspace (the heuristic's figure): most need none
+  bool measured;     // false: the heuristic's first pick, kept only until a call may time
 };
 
 // Measured choices, shared by all threads, keyed by the problem with its rows bucketed.
@@ -203,11 +204,16 @@ bool cublaslt_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, co
 
   const auto handle = at::cuda::getCurrentCUDABlasLtHandle();
   const auto stream = at::cuda::getCurrentCUDAStream(out.device().index()).stream();
-  auto workspace = at::empty({static_cast<int64_t>(workspace_bytes)}, out.options().dtype(at::kByte));
   const float scale = static_cast<float>(alpha), zero = 0.0f;
-  auto run = [&](const cublasLtMatmulAlgo_t& algo) {
+  // The workspace comes from the caching allocator on each call, and only for an algorithm that
+  // needs one (most need none: an allocation on every call is host time). It is the whole
+  // preference's size, which every row count of the choice's bucket fits.
+  auto run = [&](const cublasLtMatmulAlgo_t& algo, bool needs_workspace) {
+    const size_t bytes = needs_workspace ? workspace_bytes : 0;
+    const auto workspace = bytes ? at::empty({static_cast<int64_t>(bytes)}, out.options().dtype(at::kByte))
+                                 : at::Tensor();
     return cublasLtMatmul(handle, p.desc, &scale, b.data_ptr(), p.a, a.data_ptr(), p.b, &zero, out.data_ptr(), p.d,
-                          out.data_ptr(), p.d, &algo, workspace.data_ptr(), workspace_bytes, stream);
+                          out.data_ptr(), p.d, &algo, bytes ? workspace.data_ptr() : nullptr, bytes, stream);
   };
   if (!e.final) {
     const bool deterministic = at::globalContext().deterministicAlgorithms();
@@ -229,7 +235,8 @@ bool cublaslt_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, co
           count == 0) {
         return false;
       }
-      e.choice = Choice{results[0].algo, /*measured=*/count == 1};  // one candidate: nothing to measure
+      // one candidate: nothing to measure
+      e.choice = Choice{results[0].algo, results[0].workspaceSize > 0, /*measured=*/count == 1};
       if (!deterministic && !captured && count > 1) {
         // Time each candidate on the real operands (out is overwritten by the final run below).
         cudaEvent_t start, stop;
@@ -237,15 +244,17 @@ bool cublaslt_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, co
         cudaEventCreate(&stop);
         float best = std::numeric_limits<float>::infinity();
         for (int i = 0; i < count; ++i) {
-          if (run(results[i].algo) != CUBLAS_STATUS_SUCCESS) continue;
+          const bool needs_workspace = results[i].workspaceSize > 0;
+          if (run(results[i].algo, needs_workspace) != CUBLAS_STATUS_SUCCESS) continue;
           cudaEventRecord(start, stream);
-          for (int r = 0; r < kTimedRuns; ++r) run(results[i].algo);
+          for (int r = 0; r < kTimedRuns; ++r) run(results[i].algo, needs_workspace);
           cudaEventRecord(stop, stream);
           float ms = 0.0f;
           if (cudaEventSynchronize(stop) == cudaSuccess && cudaEventElapsedTime(&ms, start, stop) == cudaSuccess &&
               ms < best) {
             best = ms;
             e.choice.algo = results[i].algo;
+            e.choice.workspace = needs_workspace;
           }
         }
         cudaEventDestroy(start);
@@ -257,7 +266,10 @@ bool cublaslt_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, co
     }
     e.final = e.choice.measured || deterministic;
   }
-  return run(e.choice.algo) == CUBLAS_STATUS_SUCCESS;
+  // Another row count of the bucket may need a workspace where the measured one needed none: the
+  // call is refused before launching, so it is retried with one.
+  return run(e.choice.algo, e.choice.workspace) == CUBLAS_STATUS_SUCCESS ||
+         (!e.choice.workspace && run(e.choice.algo, true) == CUBLAS_STATUS_SUCCESS);
 }
 
 }  // namespace panther
