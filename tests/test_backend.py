@@ -209,6 +209,33 @@ def test_training_graph_is_not_rewritten():
     assert seen["plan"].sketched() == {} and {c.name for c in seen["cands"]} == {"fc1", "fc2"}
 
 
+def test_lowrank_linear_reaches_inductor_as_two_gemms():
+    """The backend hands Inductor panther.lowrank_linear as its two ATen GEMMs (no op call in the
+    compiled code: the call cost host time on every run), with the op's result."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+
+    class Model(nn.Module):  # a sketched linear (bias) feeding a hand-written lowrank_linear (no bias)
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(48, 40)
+            self.A, self.B = torch.randn(40, 6) / 40 ** 0.5, torch.randn(6, 24) / 6 ** 0.5
+
+        def forward(self, x):
+            return torch.ops.panther.lowrank_linear(torch.tanh(self.lin(x)), self.A, self.B)
+
+    model = Model().eval()
+    x = torch.randn(2, 5, 48)
+    opts = {"num_terms": 1, "low_rank": 4, "init": "sketch", "seed": 1}
+    with torch.no_grad():
+        out, code = run_and_get_code(compiled(model, opts, fullgraph=True), x)
+        ref = pr.sketch_model(copy.deepcopy(model), options=opts)(x)
+    calls = [line for line in "".join(code).splitlines() if not line.lstrip().startswith("#")]
+    assert not any("lowrank_linear(" in line for line in calls)
+    assert sum("extern_kernels.mm(" in line for line in calls) == 3 and sum("addmm(" in line for line in calls) == 1
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
 def test_panther_layers_already_in_the_model_compile_as_they_are():
     torch.manual_seed(0)
     model = pr.sketch_model(MLP(), options={"num_terms": 1, "low_rank": 8, "init": "sketch"})

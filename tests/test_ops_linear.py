@@ -66,6 +66,28 @@ def test_lowrank_linear_matches_reference_and_gradients(device):
     assert torch.autograd.gradcheck(lambda *t: ops.lowrank_linear(*t), (x[:2, :2], A, B))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_lowrank_linear_as_gemms_is_the_op(device, dtype, lead, bias):
+    """The decomposition the panther backend gives Inductor: the op's two GEMMs, its roundings
+    and its input checks."""
+    from panther.ops.linear.op import lowrank_linear_as_gemms
+
+    x = torch.randn(*lead, 30, device=device, dtype=dtype)
+    A = torch.randn(30, 12, device=device, dtype=dtype) / 30 ** 0.5
+    B = torch.randn(12, 20, device=device, dtype=dtype) / 12 ** 0.5
+    b = torch.randn(20, device=device, dtype=dtype) if bias else None
+    y = lowrank_linear_as_gemms(x, A, B, b)
+    assert y.shape == (*lead, 20) and y.dtype == dtype
+    ref = lowrank_linear_reference(x.double(), A.double(), B.double(), None if b is None else b.double())
+    assert rel_err(y, ref) < TOL[dtype]
+    torch.testing.assert_close(y, ops.lowrank_linear(x, A, B, b), rtol=TOL[dtype], atol=TOL[dtype])
+    with pytest.raises(RuntimeError, match="x has shape"):
+        lowrank_linear_as_gemms(x[..., :29], A, B, b)
+
+
 def test_gradcheck_float64():
     S1s, S2s, U1s, U2s, b = factors(9, 7, 2, 3, torch.float64)
     x = torch.randn(3, 2, 9, dtype=torch.float64, requires_grad=True)

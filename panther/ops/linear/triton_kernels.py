@@ -94,19 +94,33 @@ def _rank_offsets(offs_r, k, stride_term, stride_rank):
     return (offs_r // k) * stride_term + (offs_r % k) * stride_rank
 
 
+# rcp.approx (one special-function op) where the kernels are compiled; Triton's CPU interpreter
+# runs no inline PTX and divides.
+_RCP_APPROX = tl.constexpr(not _INTERPRET)
+
+
 @triton.jit
 def _gelu_16bit(x):
     """Exact GELU x Phi(x) for results rounded to 16 bits: Phi from Abramowitz & Stegun 7.1.26
     (erfc(a) = poly(t) exp(-a^2), t = 1 / (1 + p a)), absolute error below 2.2e-7 against the
-    float64 GELU, far under bf16/fp16 rounding. Two special-function ops and a few FMAs, where
-    libdevice's erf costs ~40 instructions (H200: the fused MLP middle at 8192 x 4096 spent
-    0.05 ms of its 0.078 in erf). Computing Phi for x < 0 directly as erfc / 2 avoids
-    cancelling 1 + erf."""
+    float64 GELU, far under bf16/fp16 rounding. Where the kernels are compiled: two
+    special-function ops and 12 FMA-pipe instructions (sm_90 SASS), where libdevice's erf costs
+    ~40 (H200: the fused MLP middle at 8192 x 4096 spent 0.05 ms of its 0.078 in erf) and the
+    plain division and a select tail 21. It runs once per hidden activation of a fused MLP, where
+    its instruction count is the kernel's speed (H200, 8192 x 4096, ranks 128, against ReLU in
+    the same run: 23 us slower with the division and select tail, 17 us slower with this form). Phi for x < 0 is erfc / 2 itself, so 1 + erf never cancels:
+    x Phi(x) = relu(x) - |x| erfc(|x| / sqrt 2) / 2 for either sign."""
+    ax = tl.abs(x)
     # a = |x| / sqrt(2); the constants fold 1/sqrt(2), the 1/2 of Phi = erfc/2 and log2(e) in.
-    t = 1.0 / (1.0 + 0.2316418882663604 * tl.abs(x))  # p / sqrt(2), p = 0.3275911
+    d = 1.0 + 0.2316418882663604 * ax  # 1 + p a, p = 0.3275911: >= 1, so the approximate reciprocal is exact to 1 ulp
+    if _RCP_APPROX:
+        t = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [d], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+    else:
+        t = 1.0 / d
     half_poly = t * (0.127414796 + t * (-0.142248368 + t * (0.7107068705 + t * (-0.7265760135 + t * 0.5307027145))))
     half_erfc = half_poly * tl.exp2(x * x * -0.72134752044448170)  # exp(-a^2) = 2^(-x^2 log2(e) / 2)
-    return x * tl.where(x < 0, half_erfc, 1.0 - half_erfc)
+    return tl.maximum(x, 0.0) - ax * half_erfc
 
 
 @triton.jit
