@@ -108,11 +108,12 @@ def _gelu_16bit(x):
     ~40 (H200: the fused MLP middle at 8192 x 4096 spent 0.05 ms of its 0.078 in erf) and the
     plain division and a select tail 21. It runs once per hidden activation of a fused MLP, where
     its instruction count is the kernel's speed (H200, 8192 x 4096, ranks 128, against ReLU in
-    the same run: 23 us slower with the division and select tail, 17 us slower with this form). Phi for x < 0 is erfc / 2 itself, so 1 + erf never cancels:
+    the same run: 23 us slower with the division and select tail, 17 us slower with this form).
+    Phi for x < 0 is erfc / 2 itself, so 1 + erf never cancels:
     x Phi(x) = relu(x) - |x| erfc(|x| / sqrt 2) / 2 for either sign."""
     ax = tl.abs(x)
     # a = |x| / sqrt(2); the constants fold 1/sqrt(2), the 1/2 of Phi = erfc/2 and log2(e) in.
-    d = 1.0 + 0.2316418882663604 * ax  # 1 + p a, p = 0.3275911: >= 1, so the approximate reciprocal is exact to 1 ulp
+    d = 1.0 + 0.2316418882663604 * ax  # 1 + p a, p = 0.3275911: >= 1, so rcp.approx is within 1 ulp
     if _RCP_APPROX:
         t = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [d], dtype=tl.float32, is_pure=True,
                                       pack=1)
