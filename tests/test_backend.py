@@ -236,6 +236,23 @@ def test_lowrank_linear_reaches_inductor_as_two_gemms():
     assert sum("extern_kernels.mm(" in line for line in calls) == 3 and sum("addmm(" in line for line in calls) == 1
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
+
+def test_lowrank_linear_decomposition_keeps_gradients():
+    """In a training graph (not rewritten) the decomposed op still trains: the forward's GEMMs are
+    the decomposition, the backward is the op's own (C++ autograd), equal to eager."""
+    torch.manual_seed(0)
+    A, B, b = (nn.Parameter(t) for t in (torch.randn(32, 8) / 32 ** 0.5, torch.randn(8, 16) / 8 ** 0.5,
+                                          torch.randn(16)))
+
+    def loss(x):
+        return torch.ops.panther.lowrank_linear(x, A, B, b).square().sum()
+
+    x = torch.randn(2, 5, 32, requires_grad=True)
+    want = torch.autograd.grad(loss(x), (x, A, B, b))
+    got = torch.autograd.grad(compiled(loss, fullgraph=True)(x), (x, A, B, b))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
 def test_panther_layers_already_in_the_model_compile_as_they_are():
     torch.manual_seed(0)
     model = pr.sketch_model(MLP(), options={"num_terms": 1, "low_rank": 8, "init": "sketch"})
