@@ -253,6 +253,7 @@ def test_lowrank_linear_decomposition_keeps_gradients():
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
+
 def test_panther_layers_already_in_the_model_compile_as_they_are():
     torch.manual_seed(0)
     model = pr.sketch_model(MLP(), options={"num_terms": 1, "low_rank": 8, "init": "sketch"})
