@@ -8,6 +8,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+
+#include <initializer_list>
 
 #include <optional>
 
@@ -16,6 +19,17 @@ namespace panther {
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// Whether autograd must record a call: grad mode on and some input requiring grad. Where it
+// need not, an op's autograd kernel calls the op directly: building a torch::autograd::Function
+// node costs host time on every inference call.
+inline bool needs_grad(std::initializer_list<at::Tensor> tensors, const std::optional<at::Tensor>& extra) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const auto& t : tensors) {
+    if (t.requires_grad()) return true;
+  }
+  return extra.has_value() && extra->requires_grad();
 }
 
 // An optional gradient as autograd wants it: undefined when not computed.

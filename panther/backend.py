@@ -96,6 +96,7 @@ def _finish(candidates, plan, rewritten, options: Options) -> None:
 def _weight_checks(rewritten_candidates, example_inputs) -> list[tuple[int, torch.Tensor, int]]:
     """(input position, weight, version) of every weight whose factors the graph now holds."""
     owners = {id(c.param): c.param for c in rewritten_candidates if c.param is not None}
+    owners.update({id(c.info["bias_param"]): c.info["bias_param"] for c in rewritten_candidates if c.bias_folded})
     return [(i, v, v._version) for i, v in enumerate(example_inputs)
             if isinstance(v, torch.Tensor) and id(v) in owners and owners[id(v)] is v]
 

@@ -31,6 +31,17 @@ ACTS = {"none": lambda z: z, "relu": torch.nn.functional.relu, "gelu": torch.nn.
         "gelu_tanh": lambda z: torch.nn.functional.gelu(z, approximate="tanh"), "silu": torch.nn.functional.silu}
 
 
+def call_in_mode(op, args, mode: str):
+    """op(*args) eagerly (``mode="eager"``: the real kernel), or on fake copies of the tensors under
+    a FakeTensorMode (``"fake"``: the op's fake kernel, as torch.compile and torch.export run it)."""
+    if mode == "eager":
+        return op(*args)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as fake:
+        return op(*[fake.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+
+
 def rel_err(a, b) -> float:
     """||a - b|| / ||b|| in float64."""
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()

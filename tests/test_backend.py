@@ -195,6 +195,25 @@ def test_compiled_code_reused_with_other_weights_stays_correct():
         torch.testing.assert_close(compiled(a, opts)(x), a(x), rtol=1e-5, atol=1e-6)
 
 
+def test_folded_biases_are_guarded_like_weights():
+    """q/k/v expand in one batched GEMM whose stacked biases are a copy: an in-place bias update
+    must not leave the compiled graph using the old ones (it runs uncompiled, with a warning)."""
+    from .test_passes import QKV
+
+    torch.manual_seed(0)
+    model = QKV().eval()
+    x = torch.randn(2, 6, 64)
+    opts = {"num_terms": 1, "low_rank": 8}
+    with torch.no_grad():
+        fn = compiled(model, opts)
+        torch.testing.assert_close(fn(x), pr.sketch_model(copy.deepcopy(model), options=opts)(x), rtol=1e-5,
+                                   atol=1e-5)
+        model.k.bias.add_(1.0)
+        with pytest.warns(UserWarning, match="other than those its sketch factors"):
+            out = fn(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_training_graph_is_not_rewritten():
     model = MLP()  # weights require grad, grad enabled: a training graph
     seen = {}

@@ -145,7 +145,10 @@ def test_transformer_export_fuses_qkv_and_sketches_attention_like_compiled():
     ep = pr.export(model, (x,), options=opts)
     t = targets(ep)
     assert panther_ops.favor_attention.default in t and torch.ops.aten.scaled_dot_product_attention.default not in t
-    assert t.count(torch.ops.aten.mm.default) == 2  # x·[A_q A_k A_v] shared, on the rows of x; the MLP's x·A1
+    # x·[A_q A_k A_v] shared, on the rows of x; the MLP's x·A1; o's x·A_o (its expansion adds the residual)
+    assert t.count(torch.ops.aten.mm.default) == 3
+    assert t.count(panther_ops.residual_addmm.default) == 2  # x + o(a), x + mlp(x)
+    assert t.count(panther_ops.batched_expand.default) == 1  # q, k, v from x·[A_q A_k A_v]
     assert t.count(panther_ops.lowrank_expand_project.default) == 1  # up -> gelu -> down, hidden never stored
     assert "panther_attn_features" in ep.state_dict  # named after the module, as in the compiled graph
     with torch.no_grad():
@@ -286,8 +289,8 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
         ops = {{str(n.target) for n in ep.graph.nodes if n.op == "call_function"}}
         print("ok", sorted(op for op in ops if op.startswith("panther.")))
         """, tmp_path)
-    assert ("ok ['panther.favor_attention.default', 'panther.lowrank_expand_project.default', "
-            "'panther.lowrank_linear.default']") in out
+    assert ("ok ['panther.batched_expand.default', 'panther.favor_attention.default', "
+            "'panther.lowrank_expand_project.default', 'panther.residual_addmm.default']") in out
     dense = tmp_path / "dense.pt2"
     torch.export.save(torch.export.export(model, (x,)), dense)
     assert path.stat().st_size < dense.stat().st_size  # the factors are smaller than the weights they replace

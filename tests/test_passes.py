@@ -6,6 +6,7 @@ Inductor), so these tests are fast; tests/test_backend.py covers the Inductor pa
 
 import copy
 import json
+import operator
 
 import pytest
 import torch
@@ -196,10 +197,39 @@ def test_fusion_shares_one_product_and_matches_unfused():
     aten = torch.ops.aten
     t_fused, t_unfused = targets_of(cap.graphs[0]), targets_of(cap2.graphs[0])
     assert t_fused.count(aten.mm.default) == 1  # x·[A_q A_k A_v], on the rows of x
-    assert t_fused.count(aten.addmm.default) == 3  # each expansion on a strided 2-D slice, bias in the GEMM
+    assert t_fused.count(torch.ops.panther.batched_expand.default) == 1  # the 3 expansions, biases in the GEMM
+    assert aten.addmm.default not in t_fused
     assert aten.linear.default not in t_fused and aten.matmul.default not in t_fused
     assert t_fused.count(torch.ops.panther.lowrank_linear.default) == 1  # o reads another input
     assert t_unfused.count(torch.ops.panther.lowrank_linear.default) == 4
+
+
+@pytest.mark.parametrize("differ", ["out_features", "bias"])
+def test_shared_input_group_of_unlike_members_expands_each_on_its_slice(differ):
+    """Linears reading one input whose output sizes or bias presence differ share the product
+    x·[A_1 A_2] but cannot run as one batched GEMM: a strided 2-D slice and addmm (mm) each."""
+    torch.manual_seed(0)
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(64, 48 if differ == "out_features" else 64)
+            self.b = nn.Linear(64, 64, bias=differ != "bias")
+
+        def forward(self, x):
+            return self.a(x), self.b(x)
+
+    model = Two().eval()
+    x = torch.randn(2, 5, 64)
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
+    fused, cap, unfused, _ = run_fused_and_unfused(model, x, options=opts)
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
+    t = targets_of(cap.graphs[0])
+    aten = torch.ops.aten
+    # the shared product, then addmm for a member with a bias and mm for one without
+    assert (t.count(aten.mm.default), t.count(aten.addmm.default)) == ((2, 1) if differ == "bias" else (1, 2))
+    assert torch.ops.panther.batched_expand.default not in t
+    assert t.count(aten.slice.Tensor) == 2
 
 
 class Chain(nn.Module):
@@ -270,6 +300,69 @@ def test_rewritten_layers_feeding_rewritten_layers(fuse):
     with torch.no_grad():
         torch.testing.assert_close(out, pr.sketch_model(copy.deepcopy(convs), options=opts)(image), rtol=1e-5,
                                    atol=1e-6)
+
+
+class PreLNBlock(nn.Module):
+    """A pre-LN transformer block: x + o(attention(ln1 x)), then x + fc2(gelu(fc1(ln2 x))).
+    ``variant`` breaks one residual add's fusion in a way the pass must refuse."""
+
+    def __init__(self, d=64, variant=None):
+        super().__init__()
+        self.attn, self.ln1, self.ln2 = QKV(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.fc1, self.fc2, self.variant = nn.Linear(d, 4 * d), nn.Linear(4 * d, d), variant
+
+    def forward(self, x):
+        a = self.attn(self.ln1(x))
+        if self.variant == "broadcast":  # the residual is a row: the add broadcasts it
+            x = x[:, :1] + a
+        elif self.variant == "alpha":
+            x = torch.add(x, a, alpha=0.5)
+        elif self.variant == "second_user":  # the linear's output is used again
+            x = x + a + a.mean()
+        elif self.variant == "promote":  # float64 residual + float32 output: the add promotes
+            x = x.double() + a
+            return x
+        elif self.variant == "inplace":
+            x = x.clone()
+            x += a
+        else:
+            x = x + a
+        return torch.add(self.fc2(F.gelu(self.fc1(self.ln2(x)))), x)  # the residual second this time
+
+
+def test_residual_adds_fuse_into_the_expansions_and_match_sketch_model():
+    """x + o(a) and fc2(...) + x each become one panther.residual_addmm (no add left), with the
+    output of the unfused rewrite and of the swapped modules."""
+    torch.manual_seed(0)
+    model = PreLNBlock().eval()
+    x = torch.randn(2, 6, 64)
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
+    fused, cap, unfused, cap2 = run_fused_and_unfused(model, x, options=opts)
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(fused, pr.sketch_model(_copy_of(model), options=opts)(x), rtol=1e-5, atol=1e-5)
+    ops = torch.ops.panther
+    t = targets_of(cap.graphs[0])
+    assert t.count(ops.residual_addmm.default) == 2
+    assert not any(target in (operator.add, torch.add) for target in t)
+    assert t.count(ops.lowrank_linear.default) == 0  # o: its projection x·A_o stays, an mm
+    assert t.count(ops.batched_expand.default) == 1  # q, k, v
+    assert ops.residual_addmm.default not in targets_of(cap2.graphs[0])
+
+
+@pytest.mark.parametrize("variant", ["broadcast", "alpha", "second_user", "promote", "inplace"])
+def test_residual_adds_the_pass_cannot_fuse_stay(variant):
+    """Each variant's first add is left alone (the second, plain one still fuses), and the output
+    equals the unfused rewrite's."""
+    torch.manual_seed(0)
+    model = PreLNBlock(variant=variant).eval()
+    x = torch.randn(2, 6, 64)
+    opts = {"num_terms": 1, "low_rank": 8, "seed": 3}
+    fused, cap, unfused, _ = run_fused_and_unfused(model, x, options=opts)
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-5)
+    t = targets_of(cap.graphs[0])
+    assert t.count(torch.ops.panther.residual_addmm.default) == (0 if variant == "promote" else 1)
+    assert t.count(torch.ops.panther.lowrank_linear.default) == 1  # o kept its op
 
 
 @pytest.mark.parametrize("kw", [{"leak": True}, {"dropout": True}])

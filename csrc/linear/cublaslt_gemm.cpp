@@ -5,7 +5,8 @@
 #ifndef PANTHER_WITH_CUDA
 
 namespace panther {
-bool cublaslt_gemm(at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, bool) {
+bool cublaslt_gemm(at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, bool,
+                   const at::Tensor*) {
   return false;
 }
 }  // namespace panther
@@ -42,21 +43,29 @@ struct Operand {
   int64_t ld;
 };
 
+// The matrix is t's last two dims (a batch's matrices when t is 3-D).
 std::optional<Operand> as_operand(const at::Tensor& t) {
-  const int64_t rows = t.size(0), cols = t.size(1);
-  if (t.stride(1) == 1 && t.stride(0) >= std::max<int64_t>(cols, 1)) {
-    return Operand{CUBLAS_OP_N, static_cast<uint64_t>(cols), static_cast<uint64_t>(rows), t.stride(0)};
+  const int64_t rows = t.size(-2), cols = t.size(-1);
+  if (t.stride(-1) == 1 && t.stride(-2) >= std::max<int64_t>(cols, 1)) {
+    return Operand{CUBLAS_OP_N, static_cast<uint64_t>(cols), static_cast<uint64_t>(rows), t.stride(-2)};
   }
-  if (t.stride(0) == 1 && t.stride(1) >= std::max<int64_t>(rows, 1)) {
-    return Operand{CUBLAS_OP_T, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), t.stride(1)};
+  if (t.stride(-2) == 1 && t.stride(-1) >= std::max<int64_t>(rows, 1)) {
+    return Operand{CUBLAS_OP_T, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), t.stride(-1)};
   }
   return std::nullopt;
 }
 
-// Largest power of two (up to 256) dividing the address: cuBLASLt's algorithms may assume
-// the alignment a preference allows, so the real one is declared.
-uint32_t alignment(const void* ptr) {
-  const auto address = reinterpret_cast<uintptr_t>(ptr);
+// A batched problem's count and the element stride between consecutive matrices of each operand
+// (c: the residual's; bias: between its rows). A 2-D problem: count 1, strides 0.
+struct Batch {
+  int64_t count = 1, a = 0, b = 0, out = 0, c = 0, bias = 0;
+};
+
+// Largest power of two (up to 256) dividing the address and, batched, the byte stride between
+// matrices (every matrix's start): cuBLASLt's algorithms may assume the alignment a preference
+// allows, so the real one is declared.
+uint32_t alignment(const void* ptr, int64_t batch_stride_bytes = 0) {
+  const auto address = reinterpret_cast<uintptr_t>(ptr) | static_cast<uintptr_t>(batch_stride_bytes);
   uint32_t bytes = 1;
   while (bytes < 256 && address % (2 * bytes) == 0) bytes *= 2;
   return bytes;
@@ -65,7 +74,7 @@ uint32_t alignment(const void* ptr) {
 // The cuBLASLt descriptors of one problem, owned (destroyed with it, never copied).
 struct Problem {
   cublasLtMatmulDesc_t desc = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr, d = nullptr;  // c: the residual's
   cublasLtMatmulPreference_t preference = nullptr;
   bool ok = true;
 
@@ -76,6 +85,7 @@ struct Problem {
   ~Problem() {
     if (preference) cublasLtMatmulPreferenceDestroy(preference);
     if (d) cublasLtMatrixLayoutDestroy(d);
+    if (c) cublasLtMatrixLayoutDestroy(c);
     if (b) cublasLtMatrixLayoutDestroy(b);
     if (a) cublasLtMatrixLayoutDestroy(a);
     if (desc) cublasLtMatmulDescDestroy(desc);
@@ -133,9 +143,20 @@ bool capturing(cudaStream_t stream) {
   return cudaStreamIsCapturing(stream, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone;
 }
 
-// The descriptors of out^T [N, M] = alpha b^T [N, K] a^T [K, M] (column-major terms), or false.
+void set_batch(Problem& p, cublasLtMatrixLayout_t layout, int64_t count, int64_t stride) {
+  const auto count32 = static_cast<int32_t>(count);
+  if (p.ok) p.check(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count32,
+                                                     sizeof(count32)));
+  if (p.ok) p.check(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                     sizeof(stride)));
+}
+
+// The descriptors of out^T [N, M] = alpha b^T [N, K] a^T [K, M] (+ residual^T, leading dimension ldc > 0)
+// in column-major terms, for each of batch.count matrices, or false. align: of b, a, the residual
+// (or out) and out.
 bool describe(Problem& p, cudaDataType_t type, const Operand& lhs, const Operand& rhs, int64_t N, int64_t M,
-              int64_t ldd, bool with_bias, bool split_k, size_t workspace_bytes, const uint32_t align[3]) {
+              int64_t ldd, int64_t ldc, const Batch& batch, bool with_bias, bool split_k, size_t workspace_bytes,
+              const uint32_t align[4]) {
   p.check(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   p.set(CUBLASLT_MATMUL_DESC_TRANSA, lhs.op);
   p.set(CUBLASLT_MATMUL_DESC_TRANSB, rhs.op);
@@ -146,6 +167,14 @@ bool describe(Problem& p, cudaDataType_t type, const Operand& lhs, const Operand
   if (p.ok) p.check(cublasLtMatrixLayoutCreate(&p.a, type, lhs.rows, lhs.cols, lhs.ld));
   if (p.ok) p.check(cublasLtMatrixLayoutCreate(&p.b, type, rhs.rows, rhs.cols, rhs.ld));
   if (p.ok) p.check(cublasLtMatrixLayoutCreate(&p.d, type, N, M, ldd));
+  if (p.ok && ldc > 0) p.check(cublasLtMatrixLayoutCreate(&p.c, type, N, M, ldc));
+  if (batch.count > 1) {
+    set_batch(p, p.a, batch.count, batch.b);  // p.a describes b (see above), p.b describes a
+    set_batch(p, p.b, batch.count, batch.a);
+    set_batch(p, p.d, batch.count, batch.out);
+    if (ldc > 0) set_batch(p, p.c, batch.count, batch.c);
+    if (with_bias) p.set(CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, batch.bias);
+  }
   if (p.ok) p.check(cublasLtMatmulPreferenceCreate(&p.preference));
   p.prefer(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, workspace_bytes);
   // Every reduction scheme cuBLASLt offers sums the K slices in a fixed order (a result depends
@@ -155,39 +184,57 @@ bool describe(Problem& p, cudaDataType_t type, const Operand& lhs, const Operand
   p.prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align[0]);
   p.prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align[1]);
   p.prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align[2]);
-  p.prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]);
+  p.prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[3]);
   return p.ok;
 }
 
 }  // namespace
 
 bool cublaslt_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias,
-                   double alpha, bool split_k) {
+                   double alpha, bool split_k, const at::Tensor* residual) {
   const auto dtype = out.scalar_type();
   if (!out.is_cuda() || (dtype != at::kHalf && dtype != at::kBFloat16)) return false;
-  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
-  if (M == 0 || N == 0 || K == 0 || out.stride(1) != 1 || out.stride(0) < N) return false;
-  if (bias.has_value() && (!bias->is_contiguous() || alignment(bias->data_ptr()) < 16)) return false;
+  const bool batched = out.dim() == 3;
+  const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
+  if (M == 0 || N == 0 || K == 0 || out.stride(-1) != 1 || out.stride(-2) < N) return false;
+  if (bias.has_value() && bias->size(-1) > 1 && bias->stride(-1) != 1) return false;
+  if (residual && (residual->stride(-1) != 1 || residual->stride(-2) < N)) return false;
   const auto lhs = as_operand(b), rhs = as_operand(a);
   if (!lhs || !rhs) return false;
+  Batch batch;
+  if (batched) {
+    batch = Batch{out.size(0), a.stride(0), b.stride(0), out.stride(0), residual ? residual->stride(0) : 0,
+                  bias.has_value() ? bias->stride(0) : 0};
+    if (batch.count == 0 || batch.count > std::numeric_limits<int32_t>::max()) return false;
+  }
+  const int64_t bytes = out.element_size();
 
   c10::cuda::CUDAGuard guard(out.device());
-  const uint32_t align[3] = {alignment(b.data_ptr()), alignment(a.data_ptr()), alignment(out.data_ptr())};
+  const int64_t ldc = residual ? residual->stride(-2) : 0;
+  const uint32_t align[4] = {alignment(b.data_ptr(), batch.b * bytes), alignment(a.data_ptr(), batch.a * bytes),
+                             residual ? alignment(residual->data_ptr(), batch.c * bytes)
+                                      : alignment(out.data_ptr(), batch.out * bytes),
+                             alignment(out.data_ptr(), batch.out * bytes)};
+  if (bias.has_value() && alignment(bias->data_ptr(), batch.bias * bytes) < 16) return false;
   const size_t workspace_bytes = split_k ? kSplitKWorkspace : kWorkspace;
   // Everything the descriptors and the algorithm depend on, rows last (bucketed for the choice).
   const std::string shape = std::to_string(out.device().index()) + ':' + std::to_string(static_cast<int>(dtype)) +
                             ':' + std::to_string(N) + ',' + std::to_string(K) + ':' +
                             std::to_string(static_cast<int>(lhs->op)) + std::to_string(static_cast<int>(rhs->op)) +
                             ':' + std::to_string(lhs->ld) + ',' + std::to_string(rhs->ld) + ',' +
-                            std::to_string(out.stride(0)) + ':' + std::to_string(align[0]) + ',' +
-                            std::to_string(align[1]) + ',' + std::to_string(align[2]) + ':' +
+                            std::to_string(out.stride(-2)) + ',' + std::to_string(ldc) + ':' +
+                            std::to_string(batch.count) + ',' + std::to_string(batch.a) + ',' +
+                            std::to_string(batch.b) + ',' + std::to_string(batch.out) + ',' +
+                            std::to_string(batch.c) + ',' + std::to_string(batch.bias) + ':' +
+                            std::to_string(align[0]) + ',' + std::to_string(align[1]) + ',' +
+                            std::to_string(align[2]) + ',' + std::to_string(align[3]) + ':' +
                             (bias.has_value() ? 'b' : '-') + (split_k ? 's' : '-') + ':';
   auto& slot = entries()[shape + std::to_string(M)];
   if (!slot) {
     auto entry = std::make_unique<Entry>();
     const cudaDataType_t type = dtype == at::kHalf ? CUDA_R_16F : CUDA_R_16BF;
-    if (!describe(entry->problem, type, *lhs, *rhs, N, M, out.stride(0), bias.has_value(), split_k, workspace_bytes,
-                  align)) {
+    if (!describe(entry->problem, type, *lhs, *rhs, N, M, out.stride(-2), ldc, batch, bias.has_value(), split_k,
+                  workspace_bytes, align)) {
       entries().erase(shape + std::to_string(M));
       return false;
     }
@@ -204,7 +251,10 @@ bool cublaslt_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, co
 
   const auto handle = at::cuda::getCurrentCUDABlasLtHandle();
   const auto stream = at::cuda::getCurrentCUDAStream(out.device().index()).stream();
-  const float scale = static_cast<float>(alpha), zero = 0.0f;
+  const float scale = static_cast<float>(alpha), beta = residual ? 1.0f : 0.0f;
+  // C: the residual (read, never written: timing runs below may repeat) or, with beta = 0, out.
+  const void* c_ptr = residual ? residual->data_ptr() : out.data_ptr();
+  const cublasLtMatrixLayout_t c_layout = residual ? p.c : p.d;
   // The workspace comes from the caching allocator on each call, and only for an algorithm that
   // needs one (most need none: an allocation on every call is host time). It is the whole
   // preference's size, which every row count of the choice's bucket fits.
@@ -212,7 +262,7 @@ bool cublaslt_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, co
     const size_t bytes = needs_workspace ? workspace_bytes : 0;
     const auto workspace = bytes ? at::empty({static_cast<int64_t>(bytes)}, out.options().dtype(at::kByte))
                                  : at::Tensor();
-    return cublasLtMatmul(handle, p.desc, &scale, b.data_ptr(), p.a, a.data_ptr(), p.b, &zero, out.data_ptr(), p.d,
+    return cublasLtMatmul(handle, p.desc, &scale, b.data_ptr(), p.a, a.data_ptr(), p.b, &beta, c_ptr, c_layout,
                           out.data_ptr(), p.d, &algo, bytes ? workspace.data_ptr() : nullptr, bytes, stream);
   };
   if (!e.final) {
@@ -230,8 +280,8 @@ bool cublaslt_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, co
     if (!known) {
       cublasLtMatmulHeuristicResult_t results[kCandidates];
       int count = 0;
-      if (cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.d, p.d, p.preference, kCandidates, results,
-                                         &count) != CUBLAS_STATUS_SUCCESS ||
+      if (cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, c_layout, p.d, p.preference, kCandidates,
+                                         results, &count) != CUBLAS_STATUS_SUCCESS ||
           count == 0) {
         return false;
       }

@@ -1,4 +1,4 @@
-// out = alpha a b (+ bias) through cuBLASLt with an algorithm measured once per problem.
+// out = alpha a b (+ bias) (+ residual) through cuBLASLt with an algorithm measured once per problem.
 //
 // Both GEMMs of a low-rank layer are bound by memory: the projection x A reads a large x into a
 // narrow output, the expansion y = h B + b (K = rank, tens to hundreds) writes a large y.
@@ -26,8 +26,13 @@ namespace panther {
 // without CUDA, tensors not on CUDA, dtypes other than float16/bfloat16, layouts cuBLASLt
 // cannot read in place (each matrix needs a unit stride in one dimension), empty problems.
 // split_k admits algorithms that split the K axis (for long K and a narrow output, as the
-// projection x A: there are too few output tiles to fill the GPU otherwise).
+// projection x A: there are too few output tiles to fill the GPU otherwise). residual, when
+// given, is a [M, N] matrix read as the GEMM's C operand with beta = 1 (out = alpha a b + bias
+// + residual in one pass: a residual connection added in the epilogue instead of by another
+// kernel that reads both again); it needs a unit column stride and must not alias out.
+// Batched: out [G, M, N], a [G, M, K], b [G, K, N], bias [G, N], residual [G, M, N], each
+// matrix i at a fixed stride from matrix 0 (dim 0's), bias rows likewise (one strided GEMM).
 bool cublaslt_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias,
-                   double alpha, bool split_k = false);
+                   double alpha, bool split_k = false, const at::Tensor* residual = nullptr);
 
 }  // namespace panther

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import fx
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from . import masks, targets
 from .naming import ParamResolver, enclosing_module, layer_name
+from .targets import same
 
 KINDS = ("linear", "conv2d", "attention")
 
@@ -58,6 +58,9 @@ class Candidate:
     family: str = ""
     weight: torch.Tensor | None = None
     param: torch.Tensor | None = None  # the parameter itself (weight may be a transposed view of it)
+    # set by a rewrite that copied the bias parameter (info["bias_param"]) into a constant: the
+    # compiled graph is then guarded on the bias as on the weight
+    bias_folded: bool = False
     transposed: bool = False
     info: dict = field(default_factory=dict)
 
@@ -79,11 +82,6 @@ def value_of(node) -> torch.Tensor | None:
         return None
     value = node.meta.get("example_value", node.meta.get("val"))
     return value if isinstance(value, torch.Tensor) else None
-
-
-def _same(a, b) -> bool:
-    """a == b without adding guards for symbolic sizes (unknown counts as different)."""
-    return bool(statically_known_true(a == b))
 
 
 class _Ineligible(Exception):
@@ -119,15 +117,18 @@ def _linear(node, family, args, resolver, holder) -> Candidate:
     cand.info = {"in_features": int(in_f), "out_features": int(out_f), "bias": bias is not None}
     xv = value_of(x)
     _require(xv is not None, "input has no recorded shape")
-    _require(xv.dim() >= 1 and _same(xv.shape[-1], in_f), f"input {tuple(xv.shape)} does not end in {in_f}")
+    _require(xv.dim() >= 1 and same(xv.shape[-1], in_f), f"input {tuple(xv.shape)} does not end in {in_f}")
     _require(family != "addmm" or xv.dim() == 2, "addmm input is not 2-D")
     _require(xv.dtype == weight.dtype and xv.device == weight.device,
              f"input is {xv.dtype} on {xv.device}, weight {weight.dtype} on {weight.device} (autocast?)")
     if bias is not None:
         bv = value_of(bias)
-        _require(bv is not None and bv.dim() == 1 and _same(bv.shape[0], out_f) and bv.dtype == weight.dtype,
+        _require(bv is not None and bv.dim() == 1 and same(bv.shape[0], out_f) and bv.dtype == weight.dtype,
                  "bias is not 1-D [out_features] in the weight's dtype")
     cand.info["input"], cand.info["bias_node"] = x, bias
+    resolved_bias = resolver.resolve(bias) if bias is not None else None
+    # the bias's real tensor where it is a parameter: a rewrite may fold a copy of it into a constant
+    cand.info["bias_param"] = resolved_bias[1] if resolved_bias is not None else None
     return cand
 
 
@@ -182,10 +183,10 @@ def _attention(node, args, holder) -> Candidate:
              "scale is not 1/sqrt(D)")
     _require(not args["enable_gqa"], "enable_gqa (grouped-query attention)")
     _require(isinstance(args["is_causal"], bool), "is_causal is not a constant bool")
-    _require(_same(q.shape[1], k.shape[1]) and _same(k.shape[1], v.shape[1]), "q, k, v head counts differ")
-    _require(_same(k.shape[-1], D) and _same(k.shape[2], v.shape[2]), "q/k head dims or k/v lengths differ")
+    _require(same(q.shape[1], k.shape[1]) and same(k.shape[1], v.shape[1]), "q, k, v head counts differ")
+    _require(same(k.shape[-1], D) and same(k.shape[2], v.shape[2]), "q/k head dims or k/v lengths differ")
     _require(q.dtype == k.dtype == v.dtype and q.is_floating_point(), "q, k, v dtypes differ")
-    _require(not args["is_causal"] or _same(q.shape[2], k.shape[2]), "causal with N != S")
+    _require(not args["is_causal"] or same(q.shape[2], k.shape[2]), "causal with N != S")
     if args["attn_mask"] is not None:
         _require(not args["is_causal"], "attn_mask given with is_causal=True")
         try:

@@ -14,16 +14,24 @@
   ·B2 + b2. Activations: ``F.relu``, ``F.gelu`` (exact or tanh), ``F.silu``, at torch and
   aten level, not in place; views that keep the hidden dim may sit on either side (HF GPT-2's
   Conv1D); anything else between the two linears (dropout, a second user) leaves them apart.
+* Residual (``residual_add``): a sketched linear whose only user adds it to another tensor, as a
+  transformer block's x + o(a) and x + fc2(...), expands with ``panther.residual_addmm``: the
+  GEMM reads x and writes the sum, where the add would read its output back and write another.
+  Only an out-of-place tensor + tensor add (``operator.add``, ``torch.add``, ``Tensor.add``,
+  ``aten.add.Tensor``, without alpha) whose operands and result share one shape, dtype and
+  device: no broadcast, no type promotion.
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 import torch.nn.functional as F
 from torch import fx
 
 from .candidates import Candidate, value_of
-from .targets import op_name
+from .targets import op_name, same
 
 aten = torch.ops.aten
 
@@ -162,3 +170,35 @@ def gated_chains(linears: list[Candidate]) -> list[tuple[Candidate, str, Candida
                 chains.append((gate, activation, up, down, [act_node, product]))
                 break
     return chains
+
+
+_ADDS = {operator.add, torch.add, aten.add.Tensor}
+
+
+def _is_plain_add(node: fx.Node) -> bool:
+    """tensor + tensor, out of place, without alpha (or alpha=1 as aten spells it)."""
+    if node.op == "call_function":
+        if node.target not in _ADDS:
+            return False
+    elif node.op != "call_method" or node.target != "add":
+        return False
+    alpha_ok = not node.kwargs or (node.target is aten.add.Tensor and dict(node.kwargs) == {"alpha": 1})
+    return len(node.args) == 2 and alpha_ok and all(isinstance(a, fx.Node) for a in node.args)
+
+
+def _alike(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.dtype == b.dtype and a.device == b.device and a.dim() == b.dim()
+            and all(same(x, y) for x, y in zip(a.shape, b.shape)))
+
+
+def residual_add(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """(add, residual) where ``node``'s only user is a plain add of ``node`` and ``residual``, all
+    three of one shape, dtype and device; else None."""
+    add = _sole_user(node)
+    if add is None or not _is_plain_add(add) or add.args[0] is add.args[1]:
+        return None
+    residual = add.args[1] if add.args[0] is node else add.args[0]
+    values = value_of(node), value_of(residual), value_of(add)
+    if any(v is None for v in values) or not (_alike(values[0], values[1]) and _alike(values[0], values[2])):
+        return None
+    return add, residual

@@ -16,7 +16,7 @@ import torch
 from torch import fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from .targets import op_name
+from .targets import op_name, same
 
 _MAX_NODES = 200  # a mask's producer cone is ~20 nodes; deeper means "not a mask we know"
 _MAX_VALUES = 16
@@ -60,10 +60,6 @@ def value_of(node):
 
 def _one(size) -> bool:
     return bool(statically_known_true(size == 1))
-
-
-def same(a, b) -> bool:
-    return bool(statically_known_true(a == b))
 
 
 _CASTS = {"to", "_to_copy", "type", "type_as", "float", "half", "bfloat16", "double", "bool", "int", "long",

@@ -9,12 +9,16 @@
   becomes the [B, S] ``key_padding_mask`` (``masks.py``), and queries that see no key get 0,
   as from SDPA.
 * linears that read the same input and are all sketched -> one shared ``x @ [A_1 .. A_n]``,
-  then a slice and ``addmm`` per consumer (``fusion.py`` finds the groups).
+  then ``panther.batched_expand`` (one batched GEMM for all members) where their ranks, output
+  sizes and bias presence agree (attention's q/k/v), else a slice and ``addmm`` per member
+  (``fusion.py`` finds the groups).
 * down(act(gate(x)) * up(x)), all sketched (SwiGLU) -> ``x @ [A_g A_u]``, then
   ``panther.lowrank_gated_expand_project`` on the two slices, then ``addmm(b_d, u, B_d)``.
 * sketched linear -> activation -> sketched linear (an MLP) -> ``x @ A1``, then
   ``panther.lowrank_expand_project(t, B1, A2, b1, act)`` (the hidden activation never stored),
   then ``addmm(b2, u, B2)`` (``fusion.py`` finds the chains).
+* a sketched linear's output added to a residual r of its shape and dtype (its only user) ->
+  ``panther.residual_addmm(r, h, B, bias)`` on its ``h = x @ A``, replacing the expansion and the add.
 
 Factors are installed once per layer name through a :class:`ConstantInstaller` (``get_attr``
 buffers on the GraphModule by default; export installs them its own way). New nodes get
@@ -35,7 +39,7 @@ from ..plan import Plan
 from .candidates import Candidate, value_of
 from ..factors import lowrank_pair
 from .factors import attention_projection, conv_factors, linear_factors
-from .fusion import activation_of, gated_chains, mlp_chains, shared_input_groups
+from .fusion import activation_of, gated_chains, mlp_chains, residual_add, shared_input_groups
 from .masks import emit_empty_rows_zero, emit_key_padding
 
 aten = torch.ops.aten
@@ -97,6 +101,9 @@ class _Emitter:
     def __init__(self, gm, installer, fake_mode, meta_key):
         self.gm, self.installer, self.fake_mode, self.meta_key = gm, installer, fake_mode, meta_key
         self._replaced: dict[fx.Node, fx.Node] = {}
+        # (output node, projection node or None, B node, bias node or None) of every low-rank linear
+        # emitted: the residual fusion's candidates. A None projection: the output is a lowrank_linear.
+        self.expansions: list[tuple[fx.Node, fx.Node | None, fx.Node, fx.Node | None]] = []
 
     def replace(self, old: fx.Node, new: fx.Node) -> None:
         """Gives ``old``'s uses to ``new`` and erases ``old``, remembering it for :meth:`current`."""
@@ -197,6 +204,8 @@ def apply_plan(gm: fx.GraphModule, candidates: list[Candidate], plan: Plan, *, s
         except Exception as err:  # noqa: BLE001
             raise RewriteError(cand.node.name, f"rewriting {cand.name!r} failed: {err}") from err
         emit.replace(cand.node, new)
+    if fuse:
+        _fuse_residuals(emit)
     gm.graph.lint()
     gm.recompile()
     return chosen
@@ -210,7 +219,10 @@ def _rewrite_linear(emit, cand, pair):
     A, B = pair
     a = emit.installer.node(f"{cand.name}.A", A, cand.node)
     b = emit.installer.node(f"{cand.name}.B", B, cand.node)
-    return emit.call(panther.lowrank_linear.default, (emit.input_of(cand), a, b, _bias(emit, cand)), cand.node)
+    bias = _bias(emit, cand)
+    out = emit.call(panther.lowrank_linear.default, (emit.input_of(cand), a, b, bias), cand.node)
+    emit.expansions.append((out, None, b, bias))
+    return out
 
 
 def _rewrite_conv(emit, cand, factors):
@@ -262,22 +274,56 @@ def _rewrite_fused(emit, group: list[Candidate], prepared) -> None:
     first = group[0].node  # groups are in graph order
     pairs = [prepared[c.node] for c in group]
     try:
+        batched = _batchable(emit, group, pairs)
         with gm.graph.inserting_before(first):
-            parts, lead = _projections(emit, group, [A for A, _ in pairs], first)
-        replacements = []
-        for cand, part, (_, B) in zip(group, parts, pairs):
-            with gm.graph.inserting_before(cand.node):
-                replacements.append(_expand(emit, cand, part, B, lead))
+            parts, lead = _projections(emit, group, [A for A, _ in pairs], first, split=not batched)
+            if batched:
+                replacements = _batched_expansions(emit, group, parts[0], [B for _, B in pairs], lead)
+        if not batched:
+            replacements = []
+            for cand, part, (_, B) in zip(group, parts, pairs):
+                with gm.graph.inserting_before(cand.node):
+                    replacements.append(_expand(emit, cand, part, B, lead))
     except Exception as err:  # noqa: BLE001
         raise RewriteError(first.name, f"fusing {[c.name for c in group]} failed: {err}") from err
     for cand, new in zip(group, replacements):
         emit.replace(cand.node, new)
 
 
-def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: fx.Node):
+def _batchable(emit, group: list[Candidate], pairs) -> bool:
+    """Whether the group's expansions can run as one ``batched_expand``: one shared input, equal
+    ranks and output sizes, and no member with a bias or every bias a parameter (the biases are
+    stacked once into a constant, guarded like the weights: ``Candidate.bias_folded``)."""
+    x = emit.input_of(group[0])
+    biases = [c.info.get("bias_param") for c in group]
+    return (all(emit.input_of(c) is x for c in group)
+            and len({(A.shape[1], B.shape[1], B.dtype) for A, B in pairs}) == 1
+            and (not any(c.info.get("bias") for c in group)
+                 or all(b is not None and b.dtype == pairs[0][1].dtype for b in biases)))
+
+
+def _batched_expansions(emit, group: list[Candidate], h: fx.Node, Bs: list[torch.Tensor], lead) -> list[fx.Node]:
+    """batched_expand(h, [B_1 .. B_n], [b_1 .. b_n]) once, then each member's [*lead, out] slice of it."""
+    first = group[0].node
+    key = "+".join(c.name for c in group)
+    b = emit.installer.node(f"{key}.B", torch.stack(Bs).contiguous(), first)
+    bias = None
+    if group[0].info.get("bias"):
+        bias = emit.installer.node(f"{key}.bias", torch.stack([c.info["bias_param"].detach() for c in group]),
+                                   first)
+        for c in group:
+            c.bias_folded = True
+    out = emit.call(panther.batched_expand.default, (h, b, bias), first)
+    n = Bs[0].shape[1]
+    return [emit.call(aten.reshape.default, (emit.call(aten.select.int, (out, 0, i), c.node), [*lead, n]), c.node)
+            for i, c in enumerate(group)]
+
+
+def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: fx.Node, split: bool = True):
     """h_i = x_i2 @ A_i on the rows of each candidate's input, and the leading sizes of the first's.
-    Candidates reading one input share one x2 @ [A_1 .. A_n] (a column slice each); otherwise
-    each gets its own product. Factors are installed before ``before``."""
+    Candidates reading one input share one x2 @ [A_1 .. A_n] (a column slice each; with
+    ``split=False`` the whole product, alone in the list); otherwise each gets its own product.
+    Factors are installed before ``before``."""
     x = emit.input_of(cands[0])
     if all(emit.input_of(c) is x for c in cands):
         key = "+".join(c.name for c in cands)
@@ -285,7 +331,7 @@ def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: f
                                 before)
         rows, lead = _rows(emit, x, As[0].shape[0], cands[0].node)
         shared = emit.call(aten.mm.default, (rows, a), cands[0].node)
-        if len(cands) == 1:
+        if len(cands) == 1 or not split:
             return [shared], lead
         bounds = list(itertools.accumulate((A.shape[1] for A in As), initial=0))
         return [emit.call(aten.slice.Tensor, (shared, 1, lo, hi), c.node)
@@ -301,11 +347,14 @@ def _projections(emit, cands: list[Candidate], As: list[torch.Tensor], before: f
 
 def _rows(emit, x: fx.Node, in_features: int, like: fx.Node):
     """x.reshape(-1, in_features) and x's leading sizes (``sym_size`` nodes where symbolic)."""
-    shape = value_of(x).shape
     rows = emit.call(aten.reshape.default, (x, [-1, in_features]), like)
-    lead = [size if isinstance(size, int) else emit.call(aten.sym_size.int, (x, dim), like)
-            for dim, size in enumerate(shape[:-1])]
-    return rows, lead
+    return rows, _lead_sizes(emit, x, like)
+
+
+def _lead_sizes(emit, x: fx.Node, like: fx.Node) -> list:
+    """x's leading sizes: ints, or ``sym_size`` nodes where symbolic."""
+    return [size if isinstance(size, int) else emit.call(aten.sym_size.int, (x, dim), like)
+            for dim, size in enumerate(value_of(x).shape[:-1])]
 
 
 def _expand(emit, cand: Candidate, h: fx.Node, B: torch.Tensor, lead) -> fx.Node:
@@ -314,7 +363,39 @@ def _expand(emit, cand: Candidate, h: fx.Node, B: torch.Tensor, lead) -> fx.Node
     bias = _bias(emit, cand)
     out = (emit.call(aten.addmm.default, (bias, h, b), cand.node) if bias is not None
            else emit.call(aten.mm.default, (h, b), cand.node))
-    return emit.call(aten.reshape.default, (out, [*lead, B.shape[1]]), cand.node)
+    out = emit.call(aten.reshape.default, (out, [*lead, B.shape[1]]), cand.node)
+    emit.expansions.append((out, h, b, bias))
+    return out
+
+
+def _fuse_residuals(emit) -> None:
+    """r + y -> residual_addmm(r, h, B, bias) for each low-rank linear y = h B + bias whose only user
+    adds it to r (``fusion.residual_add``); h is the linear's projection x @ A, as rows viewed with
+    r's leading dims (a lowrank_linear is split into that projection here)."""
+    graph = emit.gm.graph
+    for out, h, b, bias in emit.expansions:
+        found = None if out._erased else residual_add(out)
+        if found is None:
+            continue
+        add, residual = found
+        try:
+            with graph.inserting_before(add):
+                if h is None:  # lowrank_linear(x, A, B, bias)
+                    x, a = out.args[:2]
+                    rows = emit.call(aten.reshape.default, (x, [-1, value_of(a).shape[0]]), add)
+                    h = emit.call(aten.mm.default, (rows, a), add)
+                h = emit.call(aten.reshape.default, (h, [*_lead_sizes(emit, residual, add), value_of(b).shape[0]]), add)
+                new = emit.call(panther.residual_addmm.default, (residual, h, b, bias), add)
+        except Exception as err:  # noqa: BLE001
+            raise RewriteError(add.name, f"adding the residual in the expansion of {out.name!r} failed: {err}") from err
+        emit.replace(add, new)
+        dead = [out]
+        while dead:  # the expansion, and what only it used
+            node = dead.pop()
+            if not node.users and node.op == "call_function" and node.target in (
+                    aten.reshape.default, aten.addmm.default, aten.mm.default, panther.lowrank_linear.default):
+                dead.extend(a for a in node.all_input_nodes if a.op == "call_function")
+                graph.erase_node(node)
 
 
 def _rewrite_mlp(emit, up: Candidate, activation: str, down: Candidate, links: list[fx.Node], prepared) -> None:

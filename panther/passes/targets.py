@@ -20,6 +20,7 @@ import operator
 import torch
 import torch.nn.functional as F
 from torch import fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 aten = torch.ops.aten
 
@@ -106,3 +107,8 @@ def bind(node: fx.Node, family: str) -> dict | None:
     if any(name not in bound for name in names if name not in DEFAULTS[family]):
         return None
     return bound
+
+
+def same(a, b) -> bool:
+    """a == b for sizes that may be symbolic, without adding a guard (unknown counts as different)."""
+    return bool(statically_known_true(a == b))

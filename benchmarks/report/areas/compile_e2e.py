@@ -8,7 +8,8 @@ from ..rows import value
 from ..spec import Area, Bench, Need, any_field, row_with
 
 COLUMNS = [(k, k) for k in ("backend", "layers", "d", "tokens", "dtype", "sketched_linears", "compile_s",
-                            "compile_vs_inductor", "ms", "tokens/s", "speedup", "graph_ms", "graph_speedup", "floor_ms",
+                            "compile_vs_inductor", "ms", "tokens/s", "speedup", "graph_ms", "graph_speedup", "ro_ms",
+                            "ro_speedup", "floor_ms",
                             "x_floor", "rel_err")]
 
 
@@ -33,6 +34,7 @@ def facts(machine: Machine) -> dict[str, str]:
         "sketched": fmt.num(ours("sketched_linears")),
         "speedup": fmt.times(ours("speedup")),
         "graph_speedup": fmt.times(ours("graph_speedup")),
+        "ro_speedup": fmt.times(ours("ro_speedup")),
         "compile_ratio": fmt.times(ours("compile_vs_inductor")),
         "panther_x_floor": fmt.times(ours("x_floor")),
         "inductor_x_floor": fmt.times(value(rows, "x_floor", backend="inductor")),

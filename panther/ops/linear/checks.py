@@ -31,12 +31,17 @@ def check_like(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> 
 
 
 def check_input(x: torch.Tensor, in_features: int, source: str) -> None:
+    check_input_named(x, "x", in_features, f"in_features, from {source}")
+
+
+def check_input_named(x: torch.Tensor, name: str, size: int, what: str) -> None:
+    """x floating point with at least one dim, the last of ``size`` (``what`` says which size)."""
     if not x.dtype.is_floating_point:
-        _fail(f"x must be a floating-point tensor, got {x.dtype}")
+        _fail(f"{name} must be a floating-point tensor, got {x.dtype}")
     if x.dim() < 1:
-        _fail("x must have at least 1 dimension (..., in_features), got a scalar")
-    if x.shape[-1] != in_features:
-        _fail(f"x has shape {list(x.shape)}: expected last dim {in_features} (in_features, from {source})")
+        _fail(f"{name} must have at least 1 dimension (..., {what.split(',')[0]}), got a scalar")
+    if x.shape[-1] != size:
+        _fail(f"{name} has shape {list(x.shape)}: expected last dim {size} ({what})")
 
 
 def check_sketched(x, S1s, S2s, U1s, U2s) -> tuple[int, int, int, int]:
@@ -95,12 +100,40 @@ def check_gated(h, B, hu, Bu, C) -> None:
     check_like(Bu, "Bu", h, "h")
 
 
-def check_bias(bias, x: torch.Tensor, out_features: int, name: str = "bias") -> None:
+def check_residual_addmm(residual, h, B, bias) -> None:
+    """residual [..., out] + h [..., r] B [r, out] + bias [out]: one dtype and device."""
+    check_dim(B, "B", 2)
+    check_input_named(h, "h", B.shape[0], "rank, from B [r, out]")
+    check_like(B, "B", h, "h")
+    expected = [*h.shape[:-1], B.shape[1]]
+    if list(residual.shape) != expected:
+        _fail(f"residual has shape {list(residual.shape)}: expected {expected} "
+              "(h's leading dims, out_features from B [r, out])")
+    check_like(residual, "residual", h, "h")
+    check_bias(bias, h, B.shape[1], ref_name="h")
+
+
+def check_batched_expand(h, B, bias) -> None:
+    """h [..., G r], B [G, r, N], bias [G, N] or None; one dtype and device."""
+    check_dim(B, "B", 3)
+    G, r, N = B.shape
+    if G < 1:
+        _fail(f"B has shape {list(B.shape)}: expected at least one member (G >= 1) at dim 0")
+    check_input_named(h, "h", G * r, "G * rank, from B [G, r, N]")
+    check_like(B, "B", h, "h")
+    if bias is not None:
+        check_dim(bias, "bias", 2)
+        check_size(bias, "bias", 0, G, "G, from B [G, r, N]")
+        check_size(bias, "bias", 1, N, "out_features, from B [G, r, N]")
+        check_like(bias, "bias", h, "h")
+
+
+def check_bias(bias, x: torch.Tensor, out_features: int, name: str = "bias", ref_name: str = "x") -> None:
     if bias is None:
         return
     check_dim(bias, name, 1)
     check_size(bias, name, 0, out_features, "out_features")
-    check_like(bias, name, x, "x")
+    check_like(bias, name, x, ref_name)
 
 
 def check_grad(grad: torch.Tensor, x: torch.Tensor, out_features: int) -> None:

@@ -8,6 +8,14 @@ torch.ops.panther.lowrank_linear(x, A, B, bias=None)
     y = (x A) B + b for precomputed factors; gradients for every input.
 
 Both take x of any leading shape (..., in_features).
+torch.ops.panther.residual_addmm(residual, h, B, bias=None)
+    y = residual + h B + b for h [..., r] and residual [..., out]: a low-rank linear's expansion
+    with the residual connection that reads its output added in the GEMM's epilogue (one pass
+    over the output instead of three). Gradients for every input.
+torch.ops.panther.batched_expand(h, B, bias=None)
+    out[g] = h[..., g r:(g + 1) r] B[g] + bias[g] for h [..., G r], B [G, r, N], bias [G, N]:
+    the expansions of G low-rank linears sharing one projection (q/k/v) as one batched GEMM;
+    out [G, ..., N]. Gradients for every input.
 
 ``lowrank_linear_as_gemms`` is lowrank_linear written as the two ATen GEMMs it runs, the
 decomposition the panther backend hands Inductor (``panther.backend``).
@@ -60,6 +68,18 @@ def _lowrank_linear_backward_fake(grad, x, A, B, output_mask):
         torch.empty_like(B, memory_format=torch.contiguous_format) if output_mask[2] else None,
         x.new_empty((B.shape[1],)) if output_mask[3] else None,
     )
+
+
+@torch.library.register_fake("panther::residual_addmm")
+def _residual_addmm_fake(residual, h, B, bias=None):
+    checks.check_residual_addmm(residual, h, B, bias)
+    return residual.new_empty(residual.shape)
+
+
+@torch.library.register_fake("panther::batched_expand")
+def _batched_expand_fake(h, B, bias=None):
+    checks.check_batched_expand(h, B, bias)
+    return h.new_empty((B.shape[0], *h.shape[:-1], B.shape[2]))
 
 
 def lowrank_linear_as_gemms(x, A, B, bias=None):
