@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
 #include <string>
 
 namespace panther {
@@ -24,6 +25,15 @@ inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& 
               " but ", ref_name, " has dtype ", ref.scalar_type(), ": expected the same dtype");
   TORCH_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ",
               ref.device(), ": expected the same device");
+}
+
+// An optional bias: 1-D [out] in ref's dtype and on its device (ref_name: how messages call ref).
+inline void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& ref, int64_t out,
+                       const char* ref_name = "x") {
+  if (!bias.has_value()) return;
+  check_dim(*bias, "bias", 1);
+  check_size(*bias, "bias", 0, out, "out_features");
+  check_like(*bias, "bias", ref, ref_name);
 }
 
 inline void check_floating(const at::Tensor& t, const char* name) {

@@ -19,11 +19,12 @@ bool cublaslt_gemm(at::Tensor&, const at::Tensor&, const at::Tensor&, const std:
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
-#include <string>
 #include <unordered_map>
 
 namespace panther {
@@ -107,10 +108,23 @@ struct Choice {
   bool measured;     // false: the heuristic's first pick, kept only until a call may time
 };
 
+// Everything a problem's descriptors and algorithm depend on; the last field is its row count
+// (an Entry's key) or the row count's bucket (a Choice's key). Integers, not a string: a key is
+// built on every call.
+using Key = std::array<int64_t, 23>;
+
+struct KeyHash {
+  size_t operator()(const Key& key) const noexcept {
+    size_t h = 0;
+    for (const int64_t v : key) h = h * 1000003u ^ std::hash<int64_t>{}(v);
+    return h;
+  }
+};
+
 // Measured choices, shared by all threads, keyed by the problem with its rows bucketed.
 std::mutex choices_mutex;
-std::unordered_map<std::string, Choice>& choices() {
-  static std::unordered_map<std::string, Choice> measured;
+std::unordered_map<Key, Choice, KeyHash>& choices() {
+  static std::unordered_map<Key, Choice, KeyHash> measured;
   return measured;
 }
 
@@ -119,13 +133,13 @@ std::unordered_map<std::string, Choice>& choices() {
 // the heuristic on every call). Thread-local because the bias pointer is set per call.
 struct Entry {
   Problem problem;
-  std::string choice_key;
+  Key choice_key;
   Choice choice{};
   bool final = false;  // the choice is measured (or deterministic mode's pick): never revisited
 };
 
-std::unordered_map<std::string, std::unique_ptr<Entry>>& entries() {
-  thread_local std::unordered_map<std::string, std::unique_ptr<Entry>> cached;
+std::unordered_map<Key, std::unique_ptr<Entry>, KeyHash>& entries() {
+  thread_local std::unordered_map<Key, std::unique_ptr<Entry>, KeyHash> cached;
   return cached;
 }
 
@@ -217,28 +231,40 @@ bool cublaslt_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, co
                              alignment(out.data_ptr(), batch.out * bytes)};
   if (bias.has_value() && alignment(bias->data_ptr(), batch.bias * bytes) < 16) return false;
   const size_t workspace_bytes = split_k ? kSplitKWorkspace : kWorkspace;
-  // Everything the descriptors and the algorithm depend on, rows last (bucketed for the choice).
-  const std::string shape = std::to_string(out.device().index()) + ':' + std::to_string(static_cast<int>(dtype)) +
-                            ':' + std::to_string(N) + ',' + std::to_string(K) + ':' +
-                            std::to_string(static_cast<int>(lhs->op)) + std::to_string(static_cast<int>(rhs->op)) +
-                            ':' + std::to_string(lhs->ld) + ',' + std::to_string(rhs->ld) + ',' +
-                            std::to_string(out.stride(-2)) + ',' + std::to_string(ldc) + ':' +
-                            std::to_string(batch.count) + ',' + std::to_string(batch.a) + ',' +
-                            std::to_string(batch.b) + ',' + std::to_string(batch.out) + ',' +
-                            std::to_string(batch.c) + ',' + std::to_string(batch.bias) + ':' +
-                            std::to_string(align[0]) + ',' + std::to_string(align[1]) + ',' +
-                            std::to_string(align[2]) + ',' + std::to_string(align[3]) + ':' +
-                            (bias.has_value() ? 'b' : '-') + (split_k ? 's' : '-') + ':';
-  auto& slot = entries()[shape + std::to_string(M)];
+  const Key key{static_cast<int64_t>(out.device().index()),
+                static_cast<int64_t>(dtype),
+                N,
+                K,
+                static_cast<int64_t>(lhs->op),
+                static_cast<int64_t>(rhs->op),
+                lhs->ld,
+                rhs->ld,
+                out.stride(-2),
+                ldc,
+                batch.count,
+                batch.a,
+                batch.b,
+                batch.out,
+                batch.c,
+                batch.bias,
+                static_cast<int64_t>(align[0]),
+                static_cast<int64_t>(align[1]),
+                static_cast<int64_t>(align[2]),
+                static_cast<int64_t>(align[3]),
+                static_cast<int64_t>(bias.has_value()),
+                static_cast<int64_t>(split_k),
+                M};
+  auto& slot = entries()[key];
   if (!slot) {
     auto entry = std::make_unique<Entry>();
     const cudaDataType_t type = dtype == at::kHalf ? CUDA_R_16F : CUDA_R_16BF;
     if (!describe(entry->problem, type, *lhs, *rhs, N, M, out.stride(-2), ldc, batch, bias.has_value(), split_k,
                   workspace_bytes, align)) {
-      entries().erase(shape + std::to_string(M));
+      entries().erase(key);
       return false;
     }
-    entry->choice_key = shape + std::to_string(row_bucket(M));
+    entry->choice_key = key;
+    entry->choice_key.back() = row_bucket(M);
     slot = std::move(entry);
   }
   Entry& e = *slot;

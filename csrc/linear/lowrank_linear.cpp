@@ -55,13 +55,6 @@ SketchShape check_sketched(const at::Tensor& x, const at::Tensor& S1s, const at:
   return {L, in, k, out};
 }
 
-void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& x, int64_t out) {
-  if (!bias.has_value()) return;
-  check_dim(*bias, "bias", 1);
-  check_size(*bias, "bias", 0, out, "out_features");
-  check_like(*bias, "bias", x, "x");
-}
-
 void check_lowrank(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B) {
   check_floating(x, "x");
   TORCH_CHECK(x.dim() >= 1, "x must have at least 1 dimension (..., in_features), got a scalar");

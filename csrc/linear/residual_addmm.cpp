@@ -42,11 +42,7 @@ void check_residual_addmm(const at::Tensor& residual, const at::Tensor& h, const
   TORCH_CHECK(residual.sizes() == at::IntArrayRef(expected), "residual has shape ", residual.sizes(),
               ": expected ", at::IntArrayRef(expected), " (h's leading dims, out_features from B [r, out])");
   check_like(residual, "residual", h, "h");
-  if (bias.has_value()) {
-    check_dim(*bias, "bias", 1);
-    check_size(*bias, "bias", 0, B.size(1), "out_features");
-    check_like(*bias, "bias", h, "h");
-  }
+  check_bias(bias, h, B.size(1), "h");
 }
 
 at::Tensor residual_addmm(const at::Tensor& residual, const at::Tensor& h, const at::Tensor& B,
