@@ -54,6 +54,21 @@ def test_opcheck(device, bias):
     opcheck(ops.residual_addmm, (residual.requires_grad_(), h.requires_grad_(), B.requires_grad_(), b))
 
 
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_compile_fullgraph_forward_and_backward_equal_eager(device, bias):
+    torch.compiler.reset()
+    leaves = [t.requires_grad_() for t in operands((2, 5), 8, 16, torch.float32, device, bias) if t is not None]
+    args = leaves if bias else [*leaves, None]
+    eager = ops.residual_addmm(*args)
+    compiled = torch.compile(lambda *a: ops.residual_addmm(*a), fullgraph=True)(*args)
+    torch.testing.assert_close(compiled, eager)
+    grad = torch.randn_like(eager)
+    for got, want in zip(torch.autograd.grad(compiled, leaves, grad), torch.autograd.grad(eager, leaves, grad)):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_strided_and_empty_operands(device, dtype):
